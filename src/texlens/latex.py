@@ -76,7 +76,7 @@ SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>", "[MASK]")
 def tokenize(latex: str) -> list[str]:
     """Split raw or pre-tokenised LaTeX into tokens; spaces inside text mode become ``~``."""
     tokens: list[str] = []
-    # Stack of brace groups: True where the group is in text mode.
+    # Stack of brace groups: True where the group is in text mode and its spaces are real spaces.
     modes: list[bool] = []
     text_arg_pending = False  # a text command was seen; its next group is text mode
     i, n = 0, len(latex)
@@ -131,7 +131,10 @@ def tokenize(latex: str) -> list[str]:
             i += 2
             continue
         if c == "{":
-            modes.append(text_arg_pending or in_text())
+            if text_arg_pending:
+                modes.append(not _pretokenized_text(latex, i))
+            else:
+                modes.append(in_text())
             text_arg_pending = False
             tokens.append("{")
             i += 1
@@ -151,6 +154,27 @@ def tokenize(latex: str) -> list[str]:
     if modes:
         raise LatexError(f"unbalanced braces: {len(modes)} '{{' not closed")
     return tokens
+
+
+def _pretokenized_text(latex: str, open_pos: int) -> bool:
+    """Whether the text group opening at ``open_pos`` is already tokenised (``{ i f ~ }``, spaces separate tokens).
+
+    IM2LATEX and our canonical form write text one character per token; raw Mathpix text (``{ A. }``) has words.
+    """
+    depth, k = 0, open_pos
+    while k < len(latex):
+        if latex[k] == "\\":
+            k += 2
+            continue
+        if latex[k] == "{":
+            depth += 1
+        elif latex[k] == "}":
+            depth -= 1
+            if depth == 0:
+                break
+        k += 1
+    items = latex[open_pos + 1 : k].split()
+    return bool(items) and all(len(it) == 1 or it.startswith("\\") for it in items)
 
 
 def _is_control_word(tok: str) -> bool:
