@@ -208,11 +208,14 @@ def data_build(
     val_font: Annotated[str, typer.Option(help="Held-out font for cn_math validation.")] = "euler",
     limit: Annotated[int | None, typer.Option(help="Use at most N formulas per split (quick builds).")] = None,
     jobs: Annotated[int, typer.Option()] = 2,
+    synth: Annotated[int, typer.Option(help="Recombined formulas to render for training.")] = 30000,
 ) -> None:
     """Build the training and validation sets from ../shared/data (rendered, real and handwritten)."""
     from texlens.data.build import build_datasets
 
-    report = build_datasets(shared, out, fonts=fonts.split(","), val_font=val_font, limit=limit, jobs=jobs)
+    report = build_datasets(
+        shared, out, fonts=fonts.split(","), val_font=val_font, limit=limit, jobs=jobs, synth=synth
+    )
     print(report)
 
 

@@ -270,7 +270,10 @@ def normalize_tokens(tokens: Sequence[str], _inner: bool = False) -> list[str]:
 
 def normalize(latex: str) -> str:
     """Canonical space-separated token form of a formula; raises LatexError when it cannot be parsed."""
-    tokens = tokenize(latex.strip())
+    text = latex.strip()
+    if text.endswith("\\") and (len(text) - len(text.rstrip("\\"))) % 2:
+        text += " "  # a trailing control space "\ ": stripping it left a lone backslash
+    tokens = tokenize(text)
     if not tokens:
         raise LatexError("empty formula")
     return " ".join(normalize_tokens(tokens))

@@ -1,0 +1,145 @@
+"""The dataset builder: the training and validation sets we train on, made from ../shared/data.
+
+Printed data is rendered by us with TeX Live (``cn_math`` train formulas in several fonts and DPIs, IM2LATEX formulas
+of the training part), real images are kept as they are (IM2LATEX validation split into a training part and a
+held-back part, CROHME), and no validation formula appears in any training set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
+from texlens.data.render import render_formulas
+from texlens.data.synth import synthesize
+from texlens.latex import to_latex
+
+# IM2LATEX validation images whose formula hashes into these buckets (of 10) are held back for validation.
+IM2LATEX_HELD_BACK = frozenset({0, 1, 2, 3})
+
+
+@dataclass
+class BuildReport:
+    """What the builder wrote: sample counts per dataset and what it dropped."""
+
+    datasets: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [f"{name:<24} {n:>8} samples" for name, n in self.datasets.items()]
+        return "\n".join(rows + self.notes)
+
+
+def _bucket(canonical: str) -> int:
+    return int(hashlib.md5(canonical.encode("utf-8")).hexdigest(), 16) % 10
+
+
+def split_im2latex(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """Split IM2LATEX validation samples by formula into (training part, held-back part)."""
+    train = [s for s in samples if _bucket(s.latex) not in IM2LATEX_HELD_BACK]
+    held = [s for s in samples if _bucket(s.latex) in IM2LATEX_HELD_BACK]
+    return train, held
+
+
+def _unique_formulas(samples: list[Sample], exclude: set[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for s in samples:
+        if s.latex not in seen and s.latex not in exclude:
+            seen.add(s.latex)
+            out.append(s.latex)
+    return out
+
+
+def _render_in_fonts(formulas: list[str], out: Path, fonts: list[str], dpi, jobs: int, seed: int) -> int:
+    """Render each formula once, in a font drawn at random (seeded) from ``fonts``; returns images made."""
+    rng = random.Random(seed)
+    by_font: dict[str, list[str]] = {f: [] for f in fonts}
+    for f in formulas:
+        by_font[rng.choice(fonts)].append(f)
+    rows: list[str] = []
+    for font, group in by_font.items():
+        if group:
+            render_formulas(
+                [to_latex(f) for f in group], out / font, fonts=[font], dpi=dpi, jobs=jobs, seed=seed
+            )
+            lines = (out / font / LABELS_FILE).read_text(encoding="utf-8").splitlines()
+            rows += [f"{font}/{line}" for line in lines if line]
+    # One labels file for the whole set, pointing into the per-font folders.
+    (out / LABELS_FILE).write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+def build_datasets(
+    shared: Path,
+    out: Path,
+    *,
+    fonts: list[str] | tuple[str, ...] = ("cm", "times", "palatino", "txfonts"),
+    val_font: str = "euler",
+    limit: int | None = None,
+    jobs: int = 2,
+    dpi: tuple[int, int] = (110, 260),
+    seed: int = 0,
+    synth: int = 30000,
+) -> BuildReport:
+    """Write every training and validation set under ``out`` (folder format) and report their sizes."""
+    shared, out = Path(shared), Path(out)
+    report = BuildReport()
+    cn = shared / "cn_math"
+    formula_file = cn / "im2latex_formulas.norm.lst"
+    cn_train, _ = read_im2latex(formula_file, cn / "im2latex_train_filter.lst")
+    cn_val, _ = read_im2latex(formula_file, cn / "im2latex_validate_filter.lst")
+    im = shared / "im2latex100k"
+    im_all, _ = read_im2latex(im / "val.formulas.norm.txt", im / "val.matching.txt", im / "images_val")
+    im_train, im_held = split_im2latex(im_all)
+    cr = shared / "crohme"
+    crohme_train, _ = read_crohme(cr / "train_caption.txt", cr / "train_2014")
+    crohme_test, _ = read_crohme(cr / "test_2014_caption.txt", cr / "test_2014")
+    if limit:
+        cn_train, cn_val = cn_train[:limit], cn_val[:limit]
+
+    # Nothing that is validated on may be trained on.
+    held_out = {s.latex for s in cn_val} | {s.latex for s in im_held} | {s.latex for s in crohme_test}
+
+    val_formulas = _unique_formulas(cn_val, set())
+    rep = render_formulas(
+        [to_latex(f) for f in val_formulas],
+        out / "val_cn_math",
+        fonts=[val_font],
+        dpi=200,
+        jobs=jobs,
+        seed=seed,
+    )
+    report.datasets["val_cn_math"] = len(rep.rendered)
+    report.notes.append(f"val_cn_math rendered in held-out font {val_font!r}: {len(rep.failures)} failed")
+
+    train_formulas = _unique_formulas(cn_train, held_out)
+    report.notes.append(
+        f"cn_math train: {len(cn_train)} labels, {len(train_formulas)} unique after removing validation"
+    )
+    report.datasets["train_cn_math"] = _render_in_fonts(
+        train_formulas, out / "train_cn_math", list(fonts), dpi, jobs, seed
+    )
+    im_formulas = _unique_formulas(im_train, held_out)
+    report.datasets["train_im2latex_render"] = _render_in_fonts(
+        im_formulas, out / "train_im2latex_render", list(fonts), dpi, jobs, seed + 1
+    )
+
+    # Recombined formulas, for notation the real training formulas rarely show.
+    synthetic = synthesize(train_formulas + im_formulas, synth, seed=seed, exclude=held_out)
+    report.datasets["train_synth"] = _render_in_fonts(synthetic, out / "train_synth", list(fonts), dpi, jobs, seed + 2)
+
+    # Real images stay where they are: the folder format points at them by absolute path.
+    for name, samples in {
+        "train_im2latex_real": [s for s in im_train if s.latex not in held_out],
+        "val_im2latex": im_held,
+        # CROHME keeps its official writer-disjoint split: the same formula by another hand is a new sample.
+        "train_crohme": crohme_train,
+        "val_crohme": crohme_test,
+    }.items():
+        write_folder(samples, out / name, link_images=True)
+        report.datasets[name] = len(samples)
+    return report
