@@ -37,12 +37,15 @@ def predict(
     beam: Annotated[int, typer.Option(help="Beam width; 1 = greedy.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     attention: Annotated[Path | None, typer.Option(help="Write an attention heat map PNG (first image).")] = None,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
 ) -> None:
     """Write the LaTeX of each image, one line per image."""
     from texlens.predictor import Predictor
 
-    predictor = Predictor(model, backend=backend)
+    try:
+        predictor = Predictor(model, backend=backend)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
     failed = 0
     for result in predictor.predict_paths(images, beam=beam, attention=attention is not None):
         if as_json:

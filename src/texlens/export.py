@@ -1,0 +1,403 @@
+"""ONNX export of a model directory, and an adapter that runs the exported graphs under ``texlens.decoding``.
+
+A model is cut into three graphs that mirror its decoding interface:
+
+- ``encoder.onnx``: images (B, 1, H, W) -> memory (B, S, D); batch, H and W dynamic.
+- ``decoder_init.onnx``: memory -> the decoder state before the first token (for the Transformer the
+  cross-attention keys/values of every layer, computed once, and empty self-attention caches; for the
+  CNN-RNN the first hidden state and the projected memory).
+- ``decoder.onnx``: one step, (token, state) -> (logits, new state, attention); batch, prefix length and
+  memory length dynamic. The state is the model's own ``init_state`` dict flattened leaf by leaf (names in
+  ``onnx.json``), so the same export serves every model that follows the ``ImageToLatex`` contract.
+
+``OnnxModel`` exposes ``encode/init_state/step/reorder_state/feature_shape`` over onnxruntime, so greedy and
+beam search run unchanged on either backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["OnnxModel", "ensure_onnx", "export_onnx"]
+
+OPSET = 17
+ENCODER, INIT, DECODER = "encoder", "decoder_init", "decoder"
+META_FILE = "onnx.json"
+# Largest |torch - onnxruntime| logit difference accepted by the check that runs after every export.
+TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder state <-> flat list of tensors
+# --------------------------------------------------------------------------------------------------
+
+
+def flatten_state(state: Any, prefix: str = "") -> tuple[list[str], list[Any], Any]:
+    """Leaves of a nested dict/list state with dotted names, and a spec that ``unflatten_state`` rebuilds it from."""
+    if isinstance(state, dict):
+        names, leaves, spec = [], [], {}
+        for key, value in state.items():
+            n, leaf, spec[key] = flatten_state(value, f"{prefix}{key}.")
+            names += n
+            leaves += leaf
+        return names, leaves, {"dict": spec}
+    if isinstance(state, (list, tuple)):
+        names, leaves, spec = [], [], []
+        for i, value in enumerate(state):
+            n, leaf, s = flatten_state(value, f"{prefix}{i}.")
+            names += n
+            leaves += leaf
+            spec.append(s)
+        return names, leaves, {"list": spec}
+    if isinstance(state, torch.Tensor) or isinstance(state, int):
+        return [prefix.rstrip(".")], [state], {"leaf": "int" if isinstance(state, int) else "tensor"}
+    raise TypeError(f"cannot export a decoder state holding a {type(state).__name__} ({prefix.rstrip('.')})")
+
+
+def unflatten_state(spec: Any, leaves: list[Any]) -> Any:
+    """Rebuild a state from its spec and leaves (in ``flatten_state`` order)."""
+    it = iter(leaves)
+
+    def build(s: Any) -> Any:
+        if "dict" in s:
+            return {k: build(v) for k, v in s["dict"].items()}
+        if "list" in s:
+            return [build(v) for v in s["list"]]
+        return next(it)
+
+    return build(spec)
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph wrappers: plain modules over the model's own methods
+# --------------------------------------------------------------------------------------------------
+
+
+class _Encode(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(images)
+
+
+class _InitState(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        leaves = flatten_state(self.model.init_state(memory))[1]
+        # Outputs are tensors; an int leaf (a step counter) becomes a 0-d int64 tensor. An output that is the
+        # input itself (the CNN-RNN keeps the memory in its state) is copied: ONNX outputs need their own node.
+        return tuple(
+            torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else (x.clone() if x is memory else x)
+            for x in leaves
+        )
+
+
+class _Step(nn.Module):
+    def __init__(self, model: nn.Module, spec: Any, changing: list[int]):
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.changing = (
+            changing  # leaves a step replaces; the rest (cross-attention K/V, memory) pass through
+        )
+
+    def forward(self, tokens: torch.Tensor, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, state, attention = self.model.step(tokens, unflatten_state(self.spec, list(leaves)))
+        new = flatten_state(state)[1]
+        return (logits, attention, *(new[i] for i in self.changing))
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+
+
+def _probe(model: nn.Module, batch: int, height: int, width: int, steps: int) -> tuple[torch.Tensor, Any]:
+    """(memory, state after ``steps`` tokens) for random images of one size."""
+    gen = torch.Generator().manual_seed(batch * 1000 + width)
+    images = (torch.rand(batch, 1, height, width, generator=gen) > 0.8).float()
+    memory = model.encode(images)
+    state = model.init_state(memory)
+    tokens = torch.full((batch,), 1, dtype=torch.long)
+    for _ in range(steps):
+        logits, state, _ = model.step(tokens, state)
+        tokens = logits.argmax(-1)
+    return memory, state
+
+
+def _dynamic_dims(shapes: list[tuple[int, ...]]) -> list[int]:
+    """Dimensions whose size differs between probes of different batch, image size and prefix length."""
+    return [d for d in range(len(shapes[0])) if len({s[d] for s in shapes}) > 1]
+
+
+def _feature_stride(model: nn.Module) -> tuple[int, int]:
+    """Total (height, width) stride of the encoder, checked against ``model.feature_shape`` on many sizes."""
+    big = 4096
+    h, w = model.feature_shape(big, big)
+    stride = (big // h, big // w)
+    for n in range(16, 1040, 7):
+        expected = (-(-n // stride[0]), -(-n // stride[1]))
+        if tuple(model.feature_shape(n, n)) != expected:
+            raise ValueError(f"feature_shape({n}, {n}) is not ceil(n / stride) for stride {stride}")
+    return stride
+
+
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict
+) -> None:
+    """torch.onnx.export with the TorchScript tracer (no onnxscript dependency), opset 17."""
+    # The exporter restores the wrapper's training flag afterwards, recursively: a new module is in training
+    # mode, which would switch the model's dropout on.
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints: the check after export decides
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) -> dict[str, Path]:
+    """Export a model directory to ONNX (encoder, decoder_init, decoder + config/vocab), check it, optionally int8."""
+    from texlens.models import load_model
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model, _ = load_model(model_dir)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / f"{name}.onnx" for name in (ENCODER, INIT, DECODER)}
+
+    with torch.no_grad():
+        # Two probes that differ in batch, image size and prefix length tell which state dims are dynamic.
+        memory_a, state_a = _probe(model, 2, 32, 64, 2)
+        _, state_b = _probe(model, 3, 48, 128, 3)
+        names, leaves_a, spec = flatten_state(state_a)
+        _, leaves_b, spec_b = flatten_state(state_b)
+        if spec != spec_b:
+            raise ValueError("the decoder state changes structure between steps; it cannot be exported")
+        kinds = ["int" if isinstance(x, int) else "tensor" for x in leaves_a]
+        step_tokens = torch.tensor([5, 6], dtype=torch.long)
+        after = flatten_state(model.step(step_tokens, state_a)[1])[1]
+        changing = [i for i, (old, new) in enumerate(zip(leaves_a, after, strict=True)) if new is not old]
+        leaves_a = [torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in leaves_a]
+        leaves_b = [torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in leaves_b]
+        state_axes = {
+            name: {d: f"{name}_{d}" for d in _dynamic_dims([tuple(a.shape), tuple(b.shape)])}
+            for name, a, b in zip(names, leaves_a, leaves_b, strict=True)
+        }
+        in_names = [f"in.{n}" for n in names]
+        out_names = [f"out.{n}" for n in names]
+
+        _export(
+            _Encode(model),
+            (torch.rand(2, 1, 32, 64),),
+            paths[ENCODER],
+            ["images"],
+            ["memory"],
+            {"images": {0: "batch", 2: "height", 3: "width"}, "memory": {0: "batch", 1: "memory"}},
+        )
+        init_axes = {o: state_axes[n] for n, o in zip(names, out_names, strict=True)}
+        _export(
+            _InitState(model),
+            (memory_a,),
+            paths[INIT],
+            ["memory"],
+            out_names,
+            {"memory": {0: "batch", 1: "memory"}, **init_axes},
+        )
+        step_axes = {"tokens": {0: "batch"}, "logits": {0: "batch"}, "attention": {0: "batch", 1: "memory"}}
+        for n, i in zip(names, in_names, strict=True):
+            step_axes[i] = state_axes[n]
+        for k in changing:
+            step_axes[out_names[k]] = {d: f"{label}_out" for d, label in state_axes[names[k]].items()}
+        _export(
+            _Step(model, spec, changing),
+            (step_tokens, *leaves_a),
+            paths[DECODER],
+            ["tokens", *in_names],
+            ["logits", "attention", *(out_names[k] for k in changing)],
+            step_axes,
+        )
+
+    meta = {
+        "model": model.name,
+        "opset": OPSET,
+        "state": {"names": names, "kinds": kinds, "changing": [names[k] for k in changing]},
+        "feature_stride": list(_feature_stride(model)),
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for file in ("config.json", "vocab.json"):
+        shutil.copyfile(model_dir / file, out_dir / file)
+    result = {
+        **paths,
+        "config": out_dir / "config.json",
+        "vocab": out_dir / "vocab.json",
+        "meta": out_dir / META_FILE,
+    }
+
+    check_export(model, out_dir)
+    if int8:
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # quantize_dynamic logs a "consider pre-processing" warning on the root logger for every graph.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            for name in (ENCODER, INIT, DECODER):
+                target = out_dir / f"{name}.int8.onnx"
+                # MatMul/Gemm only: int8 convolutions (ConvInteger) run slower than float ones on CPU.
+                quantize_dynamic(
+                    paths[name], target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+                )
+                result[f"{name}_int8"] = target
+        finally:
+            root.setLevel(level)
+    return result
+
+
+def check_export(model: nn.Module, onnx_dir: Path, steps: int = 4) -> float:
+    """Run torch and onnxruntime side by side on a new batch/size/prefix; raise if the logits differ."""
+    onnx_model = OnnxModel(onnx_dir)
+    worst = 0.0
+    with torch.no_grad():
+        images = (torch.rand(3, 1, 48, 96, generator=torch.Generator().manual_seed(7)) > 0.8).float()
+        memory_t, memory_o = model.encode(images), onnx_model.encode(images)
+        worst = max(worst, float((memory_t - memory_o).abs().max()))
+        state_t, state_o = model.init_state(memory_t), onnx_model.init_state(memory_o)
+        tokens = torch.tensor([5, 6, 7])
+        for _ in range(steps):
+            logits_t, state_t, att_t = model.step(tokens, state_t)
+            logits_o, state_o, att_o = onnx_model.step(tokens, state_o)
+            worst = max(worst, float((logits_t - logits_o).abs().max()), float((att_t - att_o).abs().max()))
+            tokens = logits_t.argmax(-1)
+    if not worst <= TOLERANCE:
+        raise RuntimeError(
+            f"ONNX export of {onnx_dir} disagrees with PyTorch by {worst:.2e} (> {TOLERANCE}); "
+            "the model's step probably uses Python values the tracer froze"
+        )
+    return worst
+
+
+def ensure_onnx(model_dir: str | Path, int8: bool = False) -> Path:
+    """``model_dir`` itself when it holds ONNX graphs, else an export of it cached under ~/.cache/texlens/onnx."""
+    model_dir = Path(model_dir)
+    suffix = ".int8.onnx" if int8 else ".onnx"
+    if (model_dir / f"{DECODER}{suffix}").is_file():
+        return model_dir
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        if (model_dir / f"{DECODER}.onnx").is_file():
+            raise FileNotFoundError(
+                f"{model_dir} has no int8 graphs; export them with `texlens export onnx --int8`"
+            )
+        raise FileNotFoundError(f"{model_dir} holds neither ONNX graphs nor model.safetensors")
+    stamp = hashlib.sha1(f"{model_dir.resolve()}:{weights.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "texlens" / "onnx" / stamp
+    if not (cache / f"{DECODER}{suffix}").is_file():
+        export_onnx(model_dir, cache, int8=int8)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the graphs
+# --------------------------------------------------------------------------------------------------
+
+
+class OnnxState:
+    """Decoder state of ``OnnxModel``: the flat numpy leaves in ``onnx.json`` order."""
+
+    def __init__(self, leaves: list[np.ndarray]):
+        self.leaves = leaves
+
+
+class OnnxModel:
+    """The decoding interface of ``ImageToLatex`` (encode, init_state, step, reorder_state) over onnxruntime."""
+
+    def __init__(self, onnx_dir: str | Path, int8: bool = False, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        onnx_dir = Path(onnx_dir)
+        meta = json.loads((onnx_dir / META_FILE).read_text(encoding="utf-8"))
+        self.state_names: list[str] = meta["state"]["names"]
+        self.feature_stride = tuple(meta["feature_stride"])
+        self.config = json.loads((onnx_dir / "config.json").read_text(encoding="utf-8"))
+        options = ort.SessionOptions()
+        # Follow torch's thread count (the decoding loop runs in torch too): one knob for both runtimes.
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        suffix = ".int8.onnx" if int8 else ".onnx"
+
+        def session(name: str) -> Any:
+            path = onnx_dir / f"{name}{suffix}"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing; run `texlens export onnx{' --int8' if int8 else ''}`"
+                )
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        self.encoder, self.init, self.decoder = session(ENCODER), session(INIT), session(DECODER)
+        self.in_names = [f"in.{n}" for n in self.state_names]
+        self.changing = [self.state_names.index(n) for n in meta["state"]["changing"]]
+        self.out_names = ["logits", "attention", *(f"out.{self.state_names[k]}" for k in self.changing)]
+
+    def eval(self) -> OnnxModel:
+        """No-op, for code that calls ``model.eval()``."""
+        return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) -> memory (B, S, D)."""
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.encoder.run(["memory"], {"images": array})[0])
+
+    def init_state(self, memory: torch.Tensor) -> OnnxState:
+        """Decoder state before the first token."""
+        array = np.ascontiguousarray(memory.detach().cpu().numpy(), dtype=np.float32)
+        return OnnxState(self.init.run(None, {"memory": array}))
+
+    def step(self, tokens: torch.Tensor, state: OnnxState) -> tuple[torch.Tensor, OnnxState, torch.Tensor]:
+        """Feed one token per row: (logits (B, V), new state, attention (B, S))."""
+        feeds = dict(zip(self.in_names, state.leaves, strict=True))
+        feeds["tokens"] = tokens.detach().cpu().numpy().astype(np.int64)
+        logits, attention, *changed = self.decoder.run(self.out_names, feeds)
+        leaves = list(state.leaves)
+        for k, value in zip(self.changing, changed, strict=True):
+            leaves[k] = value
+        return torch.from_numpy(logits), OnnxState(leaves), torch.from_numpy(attention)
+
+    def reorder_state(self, state: OnnxState, index: torch.Tensor) -> OnnxState:
+        """State of the rows ``index`` (0-d leaves such as the position counter are shared)."""
+        idx = index.detach().cpu().numpy()
+        return OnnxState(
+            [leaf if leaf.ndim == 0 else np.ascontiguousarray(leaf[idx]) for leaf in state.leaves]
+        )
+
+    def feature_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the feature map for an image of ``height`` x ``width``."""
+        sh, sw = self.feature_stride
+        return -(-int(height) // sh), -(-int(width) // sw)

@@ -1,0 +1,254 @@
+"""Predictor: the one entry point that turns images into LaTeX.
+
+It hides the stages of docs/DESIGN.md behind one call: load the model directory (safetensors + JSON, never
+pickle), ``texlens.image`` preprocessing with the model's own ``PreprocessConfig``, batching of images of
+similar width, ``texlens.decoding`` (greedy with the KV cache, or beam search) and ``to_latex``. The same
+decoding code runs the PyTorch model or, with ``backend="onnx"``, the ONNX graphs of ``texlens.export``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from texlens.decoding import Hypothesis, beam_search, confidence, greedy_decode
+from texlens.image import ImageError, ImageSource, PreprocessConfig, batch_images, load_image, preprocess
+from texlens.latex import SPECIAL_TOKENS, Vocab, to_latex
+
+__all__ = ["BACKENDS", "Prediction", "Predictor", "resolve_model_dir"]
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+DEFAULT_MODEL = "default"
+# Images read ahead of decoding: enough to sort into batches of similar width, few enough to stream.
+WINDOW_BATCHES = 4
+
+
+@dataclass
+class Prediction:
+    """The LaTeX read from one image, with how sure the model is; ``error`` is set when the image was unusable."""
+
+    image: str | None
+    latex: str = ""
+    confidence: float = 0.0  # geometric mean of the token probabilities (texlens.decoding.confidence)
+    tokens: list[str] = field(default_factory=list)
+    token_confidences: list[float] = field(default_factory=list)
+    alternatives: list[tuple[str, float]] = field(default_factory=list)  # other beam hypotheses, best first
+    ms: float = 0.0  # preprocessing + this image's share of its batch's decoding time
+    error: str | None = None
+    attention: np.ndarray | None = None  # (T, h, w): where each output token looked in the feature map
+    image_size: tuple[int, int] | None = None  # (H, W) of the preprocessed image
+    pixels: np.ndarray | None = None  # the preprocessed image (ink = 1), kept when attention is asked for
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``texlens predict --json``."""
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {
+            "image": self.image,
+            "latex": self.latex,
+            "confidence": round(self.confidence, 6),
+            "tokens": self.tokens,
+            "token_confidences": [round(c, 6) for c in self.token_confidences],
+            "alternatives": [[latex, round(conf, 6)] for latex, conf in self.alternatives],
+            "ms": round(self.ms, 3),
+        }
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """The directory of a model given as a path, a bundled model name, or ``None`` (the bundled default)."""
+    if model is not None and Path(model).expanduser().is_dir():
+        return Path(model).expanduser()
+    name = DEFAULT_MODEL if model is None else str(model)
+    if model is not None and ("/" in name or "\\" in name or name.startswith(".")):
+        raise FileNotFoundError(f"model directory {name} does not exist")
+    bundled = Path(str(resources.files("texlens") / "weights" / name))
+    if bundled.is_dir():
+        return bundled
+    available = _bundled_models()
+    hint = f"bundled models: {', '.join(available)}" if available else "no bundled model is installed"
+    raise FileNotFoundError(
+        f"model {name!r} not found: it is neither a directory nor a bundled model ({hint}). "
+        "Train one with `texlens train --config configs/...` and pass its output folder with --model DIR "
+        "(a folder holding model.safetensors, config.json and vocab.json)."
+    )
+
+
+def _bundled_models() -> list[str]:
+    root = Path(str(resources.files("texlens") / "weights"))
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
+    """The model's ``PreprocessConfig`` from ``config.json`` ("preprocess"), else the defaults."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return PreprocessConfig()
+    values = json.loads(config_file.read_text(encoding="utf-8")).get("preprocess") or {}
+    known = {f.name for f in fields(PreprocessConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{config_file}: unknown preprocess settings {unknown}; known: {sorted(known)}")
+    return PreprocessConfig(**values)
+
+
+class Predictor:
+    """Load a model once, then read formulas from images: ``Predictor().predict("formula.png").latex``.
+
+    ``backend``: "torch", "onnx" or "onnx-int8" (a model directory is exported to ONNX on first use and cached);
+    ``num_threads`` sets torch's (process-wide) and onnxruntime's thread count.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        backend: str = "torch",
+        num_threads: int | None = None,
+        max_len: int = 256,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.backend = backend
+        self.max_len = max_len
+        self.model_dir = resolve_model_dir(model)
+        if backend == "torch":
+            from texlens.models import load_model
+
+            self.model, self.vocab = load_model(self.model_dir)
+        else:
+            from texlens.export import OnnxModel, ensure_onnx
+
+            onnx_dir = ensure_onnx(self.model_dir, int8=backend == "onnx-int8")
+            self.model = OnnxModel(onnx_dir, int8=backend == "onnx-int8", num_threads=num_threads)
+            self.vocab = Vocab.load(onnx_dir / "vocab.json")
+        self.preprocess_config = read_preprocess_config(self.model_dir)
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.model_dir)!r}, backend={self.backend!r})"
+
+    # --- public API -------------------------------------------------------------------------------------------
+    def predict(
+        self, images: ImageSource | Sequence[ImageSource], beam: int = 1, attention: bool = False
+    ) -> Prediction | list[Prediction]:
+        """Read one image (path, bytes, PIL image, array) or a list of them; a single unusable image raises ImageError."""
+        if isinstance(images, (list, tuple)):
+            return list(self.predict_paths(images, beam=beam, attention=attention))
+        result = next(self.predict_paths([images], beam=beam, attention=attention))
+        if result.error is not None:
+            raise ImageError(f"{result.image}: {result.error}" if result.image else result.error)
+        return result
+
+    def predict_paths(
+        self,
+        paths: Iterable[ImageSource],
+        beam: int = 1,
+        attention: bool = False,
+        batch_size: int = 16,
+    ) -> Iterator[Prediction]:
+        """Predictions in input order; an unusable image gives a Prediction with ``error`` and the rest go on."""
+        if beam < 1:
+            raise ValueError(f"beam must be at least 1, not {beam}")
+        batch_size = max(1, batch_size)
+        window: list[ImageSource] = []
+        for source in paths:
+            window.append(source)
+            if len(window) == batch_size * WINDOW_BATCHES:
+                yield from self._predict_window(window, beam, attention, batch_size)
+                window = []
+        if window:
+            yield from self._predict_window(window, beam, attention, batch_size)
+
+    def preprocess(self, source: ImageSource) -> np.ndarray:
+        """The model's view of an image: float32 (H, W), ink = 1 (raises ImageError)."""
+        return preprocess(load_image(source), self.preprocess_config)
+
+    # --- internals --------------------------------------------------------------------------------------------
+    def _predict_window(
+        self, sources: list[ImageSource], beam: int, attention: bool, batch_size: int
+    ) -> list[Prediction]:
+        """Preprocess every image once, decode them in batches of similar width, return them in input order."""
+        results: list[Prediction] = []
+        ready: list[tuple[int, np.ndarray]] = []
+        for i, source in enumerate(sources):
+            name = str(source) if isinstance(source, (str, Path)) else None
+            start = time.perf_counter()
+            try:
+                pixels = self.preprocess(source)
+            except ImageError as exc:
+                message = str(exc)
+                if name and message.startswith(f"{name}: "):  # the path is in the "image" field already
+                    message = message[len(name) + 2 :]
+                results.append(Prediction(image=name, error=message))
+                continue
+            ms = (time.perf_counter() - start) * 1000
+            results.append(Prediction(image=name, ms=ms, image_size=(pixels.shape[0], pixels.shape[1])))
+            ready.append((i, pixels))
+        # Similar widths together: less padding, so less encoder work and cleaner attention.
+        ready.sort(key=lambda item: (item[1].shape[1], item[1].shape[0]))
+        for first in range(0, len(ready), batch_size):
+            chunk = ready[first : first + batch_size]
+            self._decode_batch([results[i] for i, _ in chunk], [p for _, p in chunk], beam, attention)
+        return results
+
+    def _decode_batch(
+        self, results: list[Prediction], arrays: list[np.ndarray], beam: int, attention: bool
+    ) -> None:
+        """Decode one batch and fill in its Predictions."""
+        start = time.perf_counter()
+        images, sizes = batch_images(arrays)
+        options = {"max_len": self.max_len, "vocab": self.vocab, "return_attention": attention}
+        with torch.inference_mode():
+            if beam == 1:
+                nbest = [[h] for h in greedy_decode(self.model, images, **options)]
+            else:
+                nbest = beam_search(self.model, images, beam, **options)
+        share = (time.perf_counter() - start) * 1000 / len(arrays)
+        for result, pixels, size, hyps in zip(results, arrays, sizes, nbest, strict=True):
+            result.tokens, result.token_confidences, result.attention = self._describe(
+                hyps[0], size, attention
+            )
+            result.confidence = confidence(hyps[0])
+            result.latex = to_latex(result.tokens)
+            seen = {result.latex}
+            for hyp in hyps[1:]:
+                latex = to_latex(self._describe(hyp, size, False)[0])
+                if latex not in seen:
+                    seen.add(latex)
+                    result.alternatives.append((latex, confidence(hyp)))
+            result.ms += share
+            if attention:
+                result.pixels = pixels
+
+    def _describe(
+        self, hyp: Hypothesis, size: tuple[int, int], attention: bool
+    ) -> tuple[list[str], list[float], np.ndarray | None]:
+        """Tokens of a hypothesis, their probabilities and their (T, h, w) attention cropped to the image."""
+        tokens: list[str] = []
+        confidences: list[float] = []
+        rows: list[int] = []
+        for k, (token_id, logprob) in enumerate(zip(hyp.ids, hyp.token_logprobs, strict=True)):
+            if token_id == self.vocab.end_id:
+                break
+            if token_id < len(SPECIAL_TOKENS):
+                continue
+            tokens.append(self.vocab.itos[token_id])
+            confidences.append(math.exp(logprob))
+            rows.append(k)
+        maps = None
+        if attention and hyp.attention is not None and rows:
+            # The batch was padded to its largest image: keep the feature cells that cover this image.
+            h, w = self.model.feature_shape(*size)
+            maps = np.asarray(hyp.attention, dtype=np.float32)[rows, :h, :w]
+        return tokens, confidences, maps
