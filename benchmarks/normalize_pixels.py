@@ -20,7 +20,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def corpus(name: str, n: int, shared: Path = SHARED) -> list[str]:
     """The first ``n`` formulas of a real corpus (cn_math validate split or IM2LATEX validation)."""
     if name == "cn_math":
-        lines = (shared / "cn_math" / "im2latex_formulas.norm.lst").read_text(encoding="utf-8", errors="replace")
+        lines = (shared / "cn_math" / "im2latex_formulas.norm.lst").read_text(
+            encoding="utf-8", errors="replace"
+        )
         formulas = lines.splitlines()
         out = []
         for row in (shared / "cn_math" / "im2latex_validate_filter.lst").read_text().splitlines():

@@ -15,7 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-data_app = typer.Typer(help="Prepare datasets: normalise, clean, split, render with TeX Live, augment.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Prepare datasets: normalise, clean, split, render with TeX Live, augment.", no_args_is_help=True
+)
 export_app = typer.Typer(help="Export a model for fast runtimes.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(export_app, name="export")
@@ -33,10 +35,14 @@ def _fail(message: str, code: int = 1) -> None:
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, WebP, GIF, TIFF).")],
-    model: Annotated[str | None, typer.Option(help="Model directory or bundled model name (default: bundled).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model directory or bundled model name (default: bundled).")
+    ] = None,
     beam: Annotated[int, typer.Option(help="Beam width; 1 = greedy.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    attention: Annotated[Path | None, typer.Option(help="Write an attention heat map PNG (first image).")] = None,
+    attention: Annotated[
+        Path | None, typer.Option(help="Write an attention heat map PNG (first image).")
+    ] = None,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
 ) -> None:
     """Write the LaTeX of each image, one line per image."""
@@ -68,11 +74,17 @@ def predict(
 @app.command("eval")
 def evaluate_cmd(
     model: Annotated[str | None, typer.Option(help="Model directory (default: bundled).")] = None,
-    data: Annotated[Path, typer.Option(help="Dataset: folder with labels.tsv, IM2LATEX list layout or CROHME captions.")] = ...,
+    data: Annotated[
+        Path, typer.Option(help="Dataset: folder with labels.tsv, IM2LATEX list layout or CROHME captions.")
+    ] = ...,
     beam: Annotated[int, typer.Option(help="Beam width; 1 = greedy.")] = 1,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples only.")] = None,
-    image_match: Annotated[bool, typer.Option(help="Also render prediction and reference with TeX and compare.")] = False,
-    errors: Annotated[Path | None, typer.Option(help="Write a per-sample CSV of errors, worst first.")] = None,
+    image_match: Annotated[
+        bool, typer.Option(help="Also render prediction and reference with TeX and compare.")
+    ] = False,
+    errors: Annotated[
+        Path | None, typer.Option(help="Write a per-sample CSV of errors, worst first.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
 ) -> None:
@@ -91,7 +103,9 @@ def evaluate_cmd(
 @app.command()
 def train(
     config: Annotated[Path, typer.Option(help="YAML training config (see configs/).")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. max_steps=100.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. max_steps=100.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")] = False,
 ) -> None:
     """Train a model (or MLM-pre-train its decoder) with PyTorch Lightning."""
@@ -126,6 +140,7 @@ def data_render(
     fonts: Annotated[str, typer.Option(help="Comma list: cm,times,palatino,txfonts,pxfonts,euler.")] = "cm",
     dpi: Annotated[str, typer.Option(help="DPI or range LO-HI.")] = "200",
     jobs: Annotated[int, typer.Option(help="Parallel TeX processes.")] = 2,
+    chunk_size: Annotated[int, typer.Option(help="Formulas per TeX document.")] = 1000,
 ) -> None:
     """Render formulas to a dataset with TeX Live (latex + dvipng)."""
     from texlens.data.render import render_formulas
@@ -133,8 +148,10 @@ def data_render(
     lines = formulas.read_text(encoding="utf-8", errors="replace").splitlines()
     lo, _, hi = dpi.partition("-")
     dpi_arg: int | tuple[int, int] = (int(lo), int(hi)) if hi else int(lo)
-    report = render_formulas(lines, out_dir, fonts=fonts.split(","), dpi=dpi_arg, jobs=jobs)
-    err.print(report.summary())
+    report = render_formulas(
+        lines, out_dir, fonts=fonts.split(","), dpi=dpi_arg, jobs=jobs, chunk_size=chunk_size
+    )
+    err.print(report.summary(), markup=False, soft_wrap=True)
 
 
 @data_app.command("check")
@@ -150,7 +167,9 @@ def data_check(path: Annotated[Path, typer.Argument(help="Dataset in any support
 
 @data_app.command("prepare")
 def data_prepare(
-    source: Annotated[Path, typer.Argument(help="Labelled images: folder with labels.tsv, IM2LATEX lists or CROHME.")],
+    source: Annotated[
+        Path, typer.Argument(help="Labelled images: folder with labels.tsv, IM2LATEX lists or CROHME.")
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Output folder in the IM2LATEX list layout.")],
     seed: Annotated[int, typer.Option()] = 0,
     split: Annotated[str, typer.Option(help="train,validate,test fractions.")] = "0.8,0.1,0.1",
@@ -209,7 +228,9 @@ def data_build(
     out: Annotated[Path, typer.Option(help="Where datasets are written.")] = Path("datasets"),
     fonts: Annotated[str, typer.Option(help="Training fonts.")] = "cm,times,palatino,txfonts",
     val_font: Annotated[str, typer.Option(help="Held-out font for cn_math validation.")] = "euler",
-    limit: Annotated[int | None, typer.Option(help="Use at most N formulas per split (quick builds).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use at most N formulas per split (quick builds).")
+    ] = None,
     jobs: Annotated[int, typer.Option()] = 2,
     synth: Annotated[int, typer.Option(help="Recombined formulas to render for training.")] = 30000,
 ) -> None:
@@ -227,7 +248,9 @@ def data_build(
 
 @export_app.command("onnx")
 def export_onnx_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (safetensors + config.json + vocab.json).")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="Model directory (safetensors + config.json + vocab.json).")
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Where to write encoder.onnx and decoder.onnx.")],
     int8: Annotated[bool, typer.Option(help="Also apply dynamic int8 quantisation.")] = False,
 ) -> None:

@@ -130,7 +130,9 @@ def build_datasets(
 
     # Recombined formulas, for notation the real training formulas rarely show.
     synthetic = synthesize(train_formulas + im_formulas, synth, seed=seed, exclude=held_out)
-    report.datasets["train_synth"] = _render_in_fonts(synthetic, out / "train_synth", list(fonts), dpi, jobs, seed + 2)
+    report.datasets["train_synth"] = _render_in_fonts(
+        synthetic, out / "train_synth", list(fonts), dpi, jobs, seed + 2
+    )
 
     # Real images stay where they are: the folder format points at them by absolute path.
     for name, samples in {
