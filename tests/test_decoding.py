@@ -1,0 +1,255 @@
+"""Greedy and beam search, and the LaTeX syntax constraints."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from texlens.decoding import Hypothesis, LatexConstraint, beam_search, confidence, greedy_decode
+from texlens.latex import LatexError, Vocab, normalize
+from texlens.models import MODELS, build_model
+
+NAMES = sorted(MODELS)
+TOKENS = (
+    r"{ } ^ _ \frac \sqrt [ ] \left \right ( ) | \begin{matrix} \end{matrix} \begin{array} \end{array}"
+    r" & \\ x y 1 2 3 + = \alpha c \hat"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocab:
+    return Vocab(TOKENS)
+
+
+def tiny(name: str, vocab: Vocab, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, len(vocab), preset="tiny").eval()
+
+
+def images(b: int = 3, seed: int = 0) -> torch.Tensor:
+    return (torch.rand(b, 1, 32, 128, generator=torch.Generator().manual_seed(seed)) > 0.7).float()
+
+
+def accepted(constraint: LatexConstraint, ids: list[int], max_len: int) -> bool:
+    """Whether the constraint allows every token of ``ids`` in turn."""
+    state = constraint.initial()
+    for i, tok in enumerate(ids):
+        if not constraint.mask([state], max_len - i)[0, tok]:
+            return False
+        state = constraint.advance(state, tok)
+    return True
+
+
+def balanced(tokens: list[str]) -> bool:
+    depth = 0
+    for t in tokens:
+        depth += (t == "{") - (t == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# --- search ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constrained_random_models_give_valid_latex(name, vocab):
+    """Random weights: every output ends with <end> within max_len, braces balance, the tokenizer accepts it."""
+    constraint = LatexConstraint(vocab.itos)
+    for seed in range(3):
+        model = tiny(name, vocab, seed)
+        hyps = greedy_decode(model, images(seed=seed), max_len=30, vocab=vocab)
+        hyps += [
+            h
+            for group in beam_search(model, images(seed=seed), beam=3, max_len=30, vocab=vocab)
+            for h in group
+        ]
+        for h in hyps:
+            assert h.ids[-1] == vocab.end_id and len(h.ids) <= 30
+            assert vocab.end_id not in h.ids[:-1]
+            tokens = vocab.decode(h.ids)
+            assert balanced(tokens), tokens
+            if tokens:
+                normalize(" ".join(tokens))  # raises LatexError on a missing argument
+            assert accepted(constraint, h.ids, 30)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_greedy_hypothesis_fields(name, vocab):
+    model = tiny(name, vocab)
+    (h,) = greedy_decode(model, images(1), max_len=20, vocab=vocab)
+    assert isinstance(h, Hypothesis)
+    assert len(h.token_logprobs) == len(h.ids)
+    assert h.score == pytest.approx(sum(h.token_logprobs), abs=1e-4)
+    assert 0.0 < confidence(h) <= 1.0
+    assert h.attention.shape == (len(h.ids), *model.feature_shape(32, 128))
+    assert torch.allclose(torch.from_numpy(h.attention).sum((1, 2)), torch.ones(len(h.ids)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("constraints", [True, False])
+def test_beam_one_equals_greedy(name, constraints, vocab):
+    model = tiny(name, vocab)
+    x = images(4)
+    greedy = greedy_decode(model, x, max_len=25, constraints=constraints, vocab=vocab)
+    beams = beam_search(
+        model, x, beam=1, max_len=25, length_penalty=0.0, constraints=constraints, vocab=vocab
+    )
+    for g, (b,) in zip(greedy, beams, strict=True):
+        assert b.ids == g.ids
+        assert b.score == pytest.approx(g.score, abs=1e-4)
+        assert b.token_logprobs == pytest.approx(g.token_logprobs, abs=1e-5)
+        assert b.attention.shape == g.attention.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, "mean"])
+def test_beam_sorted_and_consistent(name, length_penalty, vocab):
+    model = tiny(name, vocab, seed=1)
+    results = beam_search(model, images(2), beam=4, max_len=25, length_penalty=length_penalty, vocab=vocab)
+    assert len(results) == 2
+    for group in results:
+        assert 1 <= len(group) <= 4
+        scores = [h.score for h in group]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.ids) for h in group}) == len(group)  # distinct hypotheses
+        for h in group:
+            assert len(h.token_logprobs) == len(h.ids) == h.attention.shape[0]
+            total = sum(h.token_logprobs)
+            if length_penalty == 0.0:
+                assert h.score == pytest.approx(total, abs=1e-4)
+            elif length_penalty == "mean":
+                assert h.score == pytest.approx(total / len(h.ids), abs=1e-4)
+
+
+def test_beam_finds_at_least_greedy_score(vocab):
+    """With alpha = 0 the best beam is never worse than the greedy path."""
+    model = tiny("resnet-transformer", vocab, seed=2)
+    x = images(3, seed=2)
+    greedy = greedy_decode(model, x, max_len=25, vocab=vocab)
+    beams = beam_search(model, x, beam=5, max_len=25, length_penalty=0.0, vocab=vocab)
+    for g, group in zip(greedy, beams, strict=True):
+        assert group[0].score >= g.score - 1e-4
+
+
+def test_constraints_need_vocab():
+    model = build_model("cnn-rnn", 30, preset="tiny").eval()
+    with pytest.raises(ValueError, match="vocab"):
+        greedy_decode(model, images(1), max_len=5)
+    (h,) = greedy_decode(model, images(1), max_len=5, constraints=False)
+    assert len(h.ids) <= 5
+
+
+# --- constraint rules -----------------------------------------------------------------------------------------
+
+
+def allowed_after(constraint: LatexConstraint, vocab: Vocab, prefix: str, remaining: int = 100) -> set[str]:
+    state = constraint.initial()
+    ids = vocab.encode(prefix, add_special=False) if prefix else []
+    for i, tok in enumerate(ids):
+        assert constraint.mask([state], remaining + len(ids) - i)[0, tok], (prefix, vocab.itos[tok])
+        state = constraint.advance(state, tok)
+    mask = constraint.mask([state], remaining)[0]
+    return {vocab.itos[i] for i in mask.nonzero()[:, 0].tolist()}
+
+
+def test_constraint_rules(vocab):
+    c = LatexConstraint(vocab.itos)
+    start = allowed_after(c, vocab, "")
+    assert "}" not in start and r"\right" not in start and r"\end{matrix}" not in start
+    assert "<pad>" not in start and "<start>" not in start and "<unk>" not in start and "[MASK]" not in start
+    assert "<end>" in start and "x" in start
+    after_script = allowed_after(c, vocab, "x ^")
+    assert {"<end>", "}", "^", "&", "\\\\"}.isdisjoint(after_script) and {"{", "x", r"\frac"} <= after_script
+    assert "<end>" not in allowed_after(c, vocab, r"\frac { 1 }")
+    assert "<end>" in allowed_after(c, vocab, r"\frac { 1 } 2")
+    assert "<end>" not in allowed_after(c, vocab, "{ x")
+    assert "}" in allowed_after(c, vocab, "{ x")
+    assert "}" not in allowed_after(c, vocab, "{ x ^")
+    assert allowed_after(c, vocab, r"x \left") <= {"(", ")", "[", "]", "|"}
+    inside = allowed_after(c, vocab, r"\left ( x")
+    assert r"\right" in inside and "<end>" not in inside and "}" not in inside
+    assert "<end>" in allowed_after(c, vocab, r"\left ( x \right )")
+    env = allowed_after(c, vocab, r"\begin{array} { c } x & y")
+    assert r"\end{array}" in env and r"\end{matrix}" not in env and "<end>" not in env
+    nested = allowed_after(c, vocab, r"\begin{matrix} \begin{array} { c } x \end{array}")
+    assert r"\end{matrix}" in nested and r"\end{array}" not in nested
+    # \sqrt [ n ] { x }: "[" opens the optional argument, "]" then closes it, the argument is still owed
+    assert "]" in allowed_after(c, vocab, r"\sqrt [ 3")
+    assert "<end>" not in allowed_after(c, vocab, r"\sqrt [ 3 ]")
+    assert "<end>" in allowed_after(c, vocab, r"\sqrt [ 3 ] { x }")
+
+
+def test_budget_forces_closing(vocab):
+    c = LatexConstraint(vocab.itos)
+    # "{ \frac {" needs at least "} 1 } <end>"... : cost 5 = "}" + 1 arg + "}" + <end> + ... computed by the state
+    prefix = r"{ \frac { x"
+    state = c.initial()
+    for tok in vocab.encode(prefix, add_special=False):
+        state = c.advance(state, tok)
+    assert state.cost == 4  # "}" closes the numerator, one token for the denominator, "}", <end>
+    tight = allowed_after(c, vocab, prefix, remaining=state.cost)
+    assert tight == {"}"}
+    roomy = allowed_after(c, vocab, prefix, remaining=state.cost + 1)
+    assert "x" in roomy and "{" not in roomy  # an atom fits, a new group would not
+    assert allowed_after(c, vocab, "x", remaining=1) == {"<end>"}
+
+
+def test_repetition_loop_is_cut(vocab):
+    c = LatexConstraint(vocab.itos, loop_span=12)
+    loop = "x + y = " * 3
+    assert "x" not in allowed_after(c, vocab, loop.strip())
+    assert "x" in allowed_after(c, vocab, "x + y = x + y =")
+    assert "x" in allowed_after(LatexConstraint(vocab.itos), vocab, loop.strip())  # default span is longer
+
+
+def test_random_walks_always_close(vocab):
+    """Sampling uniformly among allowed tokens always ends with <end> in time, with a parseable formula."""
+    c = LatexConstraint(vocab.itos)
+    rng = random.Random(0)
+    for _ in range(200):
+        max_len = rng.randint(1, 40)
+        state, ids = c.initial(), []
+        for i in range(max_len):
+            options = c.mask([state], max_len - i)[0].nonzero()[:, 0].tolist()
+            assert options, ids
+            tok = rng.choice(options)
+            ids.append(tok)
+            if tok == vocab.end_id:
+                break
+            state = c.advance(state, tok)
+            assert state.cost <= max_len - i - 1
+        assert ids[-1] == vocab.end_id
+        tokens = vocab.decode(ids)
+        assert balanced(tokens)
+        if tokens:
+            normalize(" ".join(tokens))
+
+
+def test_real_formulas_are_never_rejected(shared_data):
+    """Every canonical IM2LATEX validation formula passes the constraint (it must never forbid real LaTeX)."""
+    lines = (shared_data / "im2latex100k" / "val.formulas.norm.txt").read_text(encoding="utf-8").split("\n")
+    token_lists = []
+    for line in lines[:2000]:
+        try:
+            token_lists.append(normalize(line).split())
+        except LatexError:
+            continue
+    vocab = Vocab.build(token_lists)
+    c = LatexConstraint(vocab.itos)
+    rejected = []
+    for tokens in token_lists:
+        ids = vocab.encode(tokens)[1:]
+        if not accepted(c, ids, len(ids)):  # even with no length to spare
+            rejected.append(" ".join(tokens))
+    assert not rejected, rejected[:3]

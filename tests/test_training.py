@@ -1,0 +1,306 @@
+"""Training end to end on real handwriting (CROHME): loss falls, kill -9 + resume, MLM then fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from texlens.training import (
+    DatasetSpec,
+    LitImageToLatex,
+    TrainConfig,
+    load_config,
+    load_initial,
+    lr_factor,
+    teacher_forcing_prob,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def tiny_overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    """The tiny config on the real data folder, writing into ``out``."""
+    crohme = data / "crohme"
+    return [
+        f"train=[{{path: '{crohme / 'train_caption.txt'}', limit: 200, name: crohme_train}}]",
+        f"val=[{{path: '{crohme / 'test_2014_caption.txt'}', limit: 24, name: crohme_test}}]",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def logged(out: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one logged metric over every CSV log version of a run."""
+    rows = []
+    for f in sorted((out / "logs").glob("version_*/metrics.csv")):
+        with open(f, newline="") as fh:
+            rows += [(int(r["step"]), float(r[key])) for r in csv.DictReader(fh) if r.get(key)]
+    return rows
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_load_config_types_overrides(tmp_path):
+    cfg = load_config(
+        TINY,
+        [
+            "lr=1e-3",  # a string to YAML 1.1, a float here
+            "max_steps=7",
+            "model_options.d_model=48",
+            "train.0.weight=2",
+            "channels_last=true",
+            "devices=2",
+            "max_time_minutes=1.5",
+            "init_from=",
+        ],
+    )
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.lr == 1e-3 and cfg.max_steps == 7 and cfg.channels_last is True and cfg.devices == 2
+    assert cfg.model_options == {"d_model": 48}
+    assert isinstance(cfg.train[0], DatasetSpec) and cfg.train[0].weight == 2.0 and cfg.train[0].limit == 200
+    assert cfg.max_time_minutes == 1.5 and cfg.init_from is None
+    assert load_config(None, ["train=[a/b, {path: c, weight: 3}]"]).train == [
+        DatasetSpec("a/b"),
+        DatasetSpec("c", 3.0),
+    ]
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(TINY, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="integer"):
+        load_config(TINY, ["max_steps=1.5"])
+    with pytest.raises(ValueError, match="schedule"):
+        load_config(TINY, ["schedule=exponential"])
+    with pytest.raises(ValueError, match="not key=value"):
+        load_config(TINY, ["lr"])
+
+
+def test_every_config_in_the_repo_loads():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.train and cfg.val, path
+
+
+def test_schedules():
+    cfg = TrainConfig(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+    linear = TrainConfig(warmup_steps=10, max_steps=110, min_lr_ratio=0.0, schedule="linear")
+    assert lr_factor(35, linear) == pytest.approx(0.75)
+    tf = TrainConfig(teacher_forcing="scheduled", teacher_forcing_floor=0.4, teacher_forcing_steps=100)
+    assert [teacher_forcing_prob(s, tf) for s in (0, 50, 100, 500)] == pytest.approx([1.0, 0.7, 0.4, 0.4])
+    assert teacher_forcing_prob(10, TrainConfig(teacher_forcing="free")) == 0.0
+
+
+# ---------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module")
+def transformer_run(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rt") / "run"
+    torch.set_num_threads(1)
+    model_dir = train(load_config(TINY, tiny_overrides(shared_data, out)))
+    return out, model_dir
+
+
+def test_resnet_transformer_trains_and_exports(transformer_run):
+    from texlens.models import load_model
+
+    out, model_dir = transformer_run
+    losses = [v for _, v in logged(out, "train/loss")]
+    assert len(losses) >= 6
+    assert mean(losses[-3:]) < mean(losses[:2]) - 0.5  # the loss falls
+    assert logged(out, "val/edit_similarity") and logged(out, "val/crohme_test/bleu4")
+    model, vocab = load_model(model_dir)
+    assert model.name == "resnet-transformer" and len(vocab) == model.config.vocab_size
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    # the exported weights are the best checkpoint's, and a .ckpt can seed another run too
+    from_ckpt, ckpt_vocab = load_initial(out / "checkpoints" / "best.ckpt")
+    assert ckpt_vocab.itos == vocab.itos
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, from_ckpt.state_dict()[key]), key
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(load_config(TINY, tiny_overrides(Path(out).parents[1] / "unused", out)))
+
+
+def test_cnn_rnn_trains_with_scheduled_sampling(shared_data, tmp_path):
+    out = tmp_path / "run"
+    extra = [
+        "model=cnn-rnn",
+        "teacher_forcing=scheduled",
+        "teacher_forcing_floor=0.5",
+        "max_steps=40",
+        "log_every_n_steps=2",
+        "val_every_n_steps=40",
+        "lr=5e-3",
+    ]
+    train(load_config(TINY, tiny_overrides(shared_data, out, *extra)))
+    losses = [v for _, v in logged(out, "train/loss")]
+    assert mean(losses[-5:]) < mean(losses[:3]) - 0.4
+    tf = [v for _, v in logged(out, "train/teacher_forcing")]
+    assert tf[0] > tf[-1] >= 0.5 and tf == sorted(tf, reverse=True)
+    with pytest.raises(ValueError, match="recurrent"):
+        train(load_config(TINY, tiny_overrides(shared_data, tmp_path / "x", "teacher_forcing=free")))
+
+
+def _ckpt_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # not written yet
+        return -1
+
+
+def _assert_same(a, b, where="optimizer"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_kill_minus_9_then_resume_continues_exactly(shared_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(
+        shared_data, out, "max_steps=500", "checkpoint_every_n_steps=4", "val_every_n_steps=1000"
+    )
+    code = (
+        "import sys, torch; torch.set_num_threads(1); from texlens.training import load_config, train; "
+        "train(load_config(sys.argv[1], sys.argv[2:]))"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(TINY), *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    try:
+        while _ckpt_step(last) < 8:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint at step >= 8 in time"
+            time.sleep(0.5)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup, no final checkpoint
+        proc.wait()
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    step = saved["global_step"]
+    assert step >= 8 and step % 4 == 0
+
+    seen = {}
+
+    def capture(self):
+        seen["step"] = self.trainer.global_step
+        seen["optimizer"] = copy.deepcopy(self.trainer.optimizers[0].state_dict())
+        seen["weights"] = {k: v.clone() for k, v in self.state_dict().items()}
+
+    monkeypatch.setattr(LitImageToLatex, "on_train_start", capture, raising=False)
+    cfg = load_config(
+        TINY, tiny_overrides(shared_data, out, f"max_steps={step + 3}", "val_every_n_steps=1000")
+    )
+    train(cfg, resume=True)
+    assert seen["step"] == step
+    _assert_same(saved["optimizer_states"][0], seen["optimizer"])
+    _assert_same(saved["state_dict"], seen["weights"], "weights")
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == step + 3
+    resumed_steps = [s for s, _ in logged(out, "lr-AdamW/pg1")]
+    assert max(resumed_steps) >= step
+
+
+def test_mlm_pretraining_then_fine_tuning(shared_data, tmp_path, monkeypatch):
+    from texlens.models import load_model
+
+    mlm_out = tmp_path / "mlm"
+    mlm_dir = train(
+        load_config(
+            REPO / "configs" / "mlm.yaml",
+            tiny_overrides(
+                shared_data,
+                mlm_out,
+                "preset=tiny",
+                "max_steps=40",
+                "val_every_n_steps=20",
+                "batch_size=32",
+                "lr=3e-3",
+                "warmup_steps=5",
+                "precision=32",
+                "progress_bar=false",
+                "log_every_n_steps=5",
+            ),
+        )
+    )
+    losses = [v for _, v in logged(mlm_out, "train/loss")]
+    assert mean(losses[-2:]) < mean(losses[:2]) - 0.5
+    assert logged(mlm_out, "val/loss") and logged(mlm_out, "val/accuracy")
+    pretrained, mlm_vocab = load_model(mlm_dir)
+
+    seen = {}
+
+    def capture(self):
+        seen["weights"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    monkeypatch.setattr(LitImageToLatex, "on_train_start", capture, raising=False)
+    ft_out = tmp_path / "ft"
+    ft_dir = train(
+        load_config(
+            TINY,
+            tiny_overrides(
+                shared_data, ft_out, f"init_from={mlm_dir}", "max_steps=10", "val_every_n_steps=10"
+            ),
+        )
+    )
+    # fine-tuning started from the pre-trained weights, with the pre-training vocabulary
+    for key, value in pretrained.state_dict().items():
+        assert torch.equal(seen["weights"][key], value), key
+    fine_tuned, ft_vocab = load_model(ft_dir)
+    assert ft_vocab.itos == mlm_vocab.itos
+    assert not torch.equal(fine_tuned.state_dict()["head.weight"], pretrained.state_dict()["head.weight"])
+
+
+def test_corrupt_follows_bert_proportions():
+    from texlens.latex import SPECIAL_TOKENS, Vocab
+    from texlens.mlm import corrupt
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(len(SPECIAL_TOKENS), 100, (400, 50), generator=g)
+    tokens[:, 0] = Vocab.start_id
+    tokens[:, 40:] = Vocab.pad_id
+    out, chosen = corrupt(tokens, 100, generator=g)
+    eligible = 400 * 39
+    assert not chosen[:, 0].any() and not chosen[:, 40:].any()
+    assert torch.equal(out[:, 40:], tokens[:, 40:]) and (out[:, 0] == Vocab.start_id).all()
+    assert chosen.sum() / eligible == pytest.approx(0.15, abs=0.01)
+    masked = (out == Vocab.mask_id) & chosen
+    changed = (out != tokens) & chosen & ~masked
+    kept = (out == tokens) & chosen
+    n = chosen.sum().item()
+    assert masked.sum() / n == pytest.approx(0.8, abs=0.03)
+    # random replacements can hit the original token (1 in 95), so "kept" is a hair above 10 %
+    assert changed.sum() / n == pytest.approx(0.1, abs=0.02)
+    assert kept.sum() / n == pytest.approx(0.1, abs=0.02)
+    assert (out[changed] >= len(SPECIAL_TOKENS)).all()
+    assert torch.equal(out[~chosen], tokens[~chosen])
