@@ -64,7 +64,8 @@ def test_shapes(name):
 def test_default_sizes():
     for name in NAMES:
         n = count_parameters(build_model(name, 500))
-        assert 4e6 < n < 9e6, (name, n)
+        # Sized for CPU training: a few million parameters, most of them in the decoder.
+        assert 3e6 < n < 9e6, (name, n)
     assert build_model("resnet-transformer", 500).encoder.config.total_stride == (16, 8)
 
 
