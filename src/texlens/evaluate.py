@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from texlens.latex import LatexError, normalize_tokens
+from texlens.latex import LatexError, normalize_tokens, to_latex
 from texlens.metrics import MetricSet, edit_similarity, image_matches
 
 __all__ = ["evaluate", "print_report"]
@@ -65,7 +65,8 @@ def evaluate(
     refs = [s.latex.split() for s in samples]
     metrics.update(preds, refs)
     if image_match:
-        metrics.update_image_match(image_matches([" ".join(p) for p in preds], [" ".join(r) for r in refs]))
+        # Render the LaTeX people get (to_latex), where text-mode tokens join up as TeX reads them.
+        metrics.update_image_match(image_matches([to_latex(p) for p in preds], [to_latex(r) for r in refs]))
     result: dict[str, Any] = {
         "dataset": str(dataset_path),
         "model": str(getattr(predictor, "model_dir", model)),
