@@ -134,6 +134,10 @@ class Predictor:
             self.model = OnnxModel(onnx_dir, int8=backend == "onnx-int8", num_threads=num_threads)
             self.vocab = Vocab.load(onnx_dir / "vocab.json")
         self.preprocess_config = read_preprocess_config(self.model_dir)
+        # The decoder's position table bounds the output: never ask for more tokens than it has positions.
+        model_limit = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8")).get("max_len")
+        if model_limit:
+            self.max_len = min(self.max_len, int(model_limit) - 1)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.model_dir)!r}, backend={self.backend!r})"
