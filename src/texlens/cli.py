@@ -260,6 +260,21 @@ def export_onnx_cmd(
     print(export_onnx(model_dir, out_dir, int8=int8))
 
 
+@export_app.command("model")
+def export_model_cmd(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Training checkpoint (.ckpt), e.g. runs/default/checkpoints/last.ckpt.")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Model directory to write.")],
+) -> None:
+    """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint."""
+    from texlens.models import save_model
+    from texlens.training import load_initial
+
+    model, vocab = load_initial(checkpoint)
+    print(save_model(model.eval(), vocab, out_dir))
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(envvar="TEXLENS_HOST")] = "127.0.0.1",
