@@ -266,13 +266,16 @@ def export_model_cmd(
         Path, typer.Argument(help="Training checkpoint (.ckpt), e.g. runs/default/checkpoints/last.ckpt.")
     ],
     out_dir: Annotated[Path, typer.Argument(help="Model directory to write.")],
+    fp16: Annotated[
+        bool, typer.Option(help="Store weights in half precision (half the size; loaded as fp32).")
+    ] = False,
 ) -> None:
-    """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint."""
+    """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint or model dir."""
     from texlens.models import save_model
     from texlens.training import load_initial
 
     model, vocab = load_initial(checkpoint)
-    print(save_model(model.eval(), vocab, out_dir))
+    print(save_model(model.eval().half() if fp16 else model.eval(), vocab, out_dir))
 
 
 @app.command()
