@@ -174,3 +174,22 @@ def test_formula_dataset_augments_the_loaded_image(crohme_samples):
     outs = [augmented[0][0] for _ in range(3)]
     assert all(o.dtype == np.float32 and 0 <= o.min() and o.max() <= 1 for o in outs)
     assert any(o.shape != base.shape or np.abs(o - base).mean() > 0.01 for o in outs)  # it perturbs
+
+
+def test_a_blank_training_image_is_skipped_not_fatal(shared_data) -> None:
+    """IM2LATEX's 196.png is blank: training takes the next sample instead of dying hours into a run."""
+    from texlens.data.dataset import FormulaDataset
+    from texlens.data.formats import read_im2latex
+    from texlens.image import PreprocessConfig
+    from texlens.latex import Vocab
+
+    im = shared_data / "im2latex100k"
+    samples, _ = read_im2latex(im / "val.formulas.norm.txt", im / "val.matching.txt", im / "images_val")
+    blank = [s for s in samples if s.image.name == "196.png"]
+    good = [s for s in samples if s.image.name in ("0.png", "1.png")]
+    assert len(blank) == 1 and len(good) == 2
+    ds = FormulaDataset(blank + good, Vocab.build([s.latex for s in good + blank]), PreprocessConfig())
+    image, ids = ds[0]
+    assert image.ndim == 2 and image.max() > 0
+    assert ids.tolist() == ds.items[1].ids.tolist()  # the next sample stood in
+    assert ds.bad_images == {blank[0].image}

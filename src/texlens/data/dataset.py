@@ -100,6 +100,7 @@ class FormulaDataset(Dataset):
                 _Prepared(Path(s.image), np.asarray(vocab.encode(tokens), dtype=np.int64), s.latex)
             )
         self.dropped = len(samples) - len(self.items)
+        self.bad_images: set[Path] = set()
         if self.dropped:
             log.info(
                 "dropped %d of %d samples with empty labels or more than %d tokens",
@@ -112,8 +113,20 @@ class FormulaDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        item = self.items[index]
-        return self.load(index), item.ids
+        from texlens.image import ImageError
+
+        # A bad image (blank, corrupt) must not end a run hours long: say which, and train on the next sample.
+        for attempt in range(len(self.items)):
+            k = (index + attempt) % len(self.items)
+            try:
+                return self.load(k), self.items[k].ids
+            except RuntimeError as exc:
+                if not isinstance(exc.__cause__, ImageError):
+                    raise
+                if self.items[k].image not in self.bad_images:
+                    self.bad_images.add(self.items[k].image)
+                    log.warning("skipping unusable training image: %s", exc)
+        raise RuntimeError("no usable training image in the dataset")
 
     def load(self, index: int) -> np.ndarray:
         """The preprocessed (and, when an augmentation is set, perturbed) image of sample ``index``."""
