@@ -14,7 +14,7 @@ from texlens.models import MODELS, build_model
 NAMES = sorted(MODELS)
 TOKENS = (
     r"{ } ^ _ \frac \sqrt [ ] \left \right ( ) | \begin{matrix} \end{matrix} \begin{array} \end{array}"
-    r" & \\ x y 1 2 3 + = \alpha c \hat"
+    r" & \\ x y 1 2 3 + = \alpha c \hat '"
 ).split()
 
 
@@ -188,6 +188,28 @@ def test_constraint_rules(vocab):
     assert "]" in allowed_after(c, vocab, r"\sqrt [ 3")
     assert "<end>" not in allowed_after(c, vocab, r"\sqrt [ 3 ]")
     assert "<end>" in allowed_after(c, vocab, r"\sqrt [ 3 ] { x }")
+
+
+def test_a_base_takes_one_superscript_and_one_subscript(vocab):
+    """TeX rejects "x^{2}^{3}" ("Double superscript"); the constraint never writes it."""
+    c = LatexConstraint(vocab.itos)
+    for prefix in (
+        "x ^ 2",
+        "x ^ { 2 }",
+        r"x ^ \frac { 1 } { 2 }",
+        r"\left ( x \right ) ^ 2",
+        "x ' ^ 2",
+        "x _ 1 ^ 2",
+    ):
+        after = allowed_after(c, vocab, prefix)
+        assert "^" not in after and "'" not in after and "x" in after, prefix
+    assert "_" in allowed_after(c, vocab, "x ^ 2")
+    assert "_" not in allowed_after(c, vocab, "x _ { 1 }")
+    assert "^" not in allowed_after(c, vocab, "x ^ 2 _ 1") and "_" not in allowed_after(c, vocab, "x ^ 2 _ 1")
+    # a new base, a group or an argument of the script starts afresh
+    for prefix in ("x ^ 2 + y", "{ x ^ 2 }", "x ^ { y", "x ^ { y ^ 2 } _ 1 +", "x '", "x ' '", r"x ^ 2 \\ y"):
+        assert "^" in allowed_after(c, vocab, prefix), prefix
+    assert "^" in allowed_after(c, vocab, r"x ^ { \left ( y \right )")
 
 
 def test_budget_forces_closing(vocab):

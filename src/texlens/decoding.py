@@ -84,16 +84,19 @@ LEFT, RIGHT, LEFT_DELIM, RIGHT_DELIM, BEGIN, BEGIN_SPEC, END, LBRACK, RBRACK, EO
 N_KINDS = 20
 CMDS = {1: CMD1, 2: CMD2, 3: CMD3}
 IN_OPTIONAL_BANNED = (LBRACK, LEFT, LEFT_DELIM, BEGIN, BEGIN_SPEC)
+SUP, SUB = 1, 2  # ParseState.scripts bits
+SCRIPT_BITS = {"^": SUP, r"\sp": SUP, "_": SUB, r"\sb": SUB}
 
 
 class ParseState(NamedTuple):
     """Parse state of one hypothesis; immutable, so beams can share it.
 
-    ``frames``: open groups, innermost last, each ``(kind, need saved outside, id of the closing token)`` with
-    kind ``"{"``, ``"left"``, ``"env"`` or ``"["``; ``need``: arguments still owed by the commands waiting at this
-    level (innermost last); ``expect``: ``"left"``/``"right"`` when a delimiter must follow; ``opt``: just after
-    ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that close everything, ``<end>``
-    included.
+    ``frames``: open groups, innermost last, each ``(kind, need saved outside, id of the closing token, scripts
+    saved outside)`` with kind ``"{"``, ``"left"``, ``"env"`` or ``"["``; ``need``: arguments still owed by the
+    commands waiting at this level (innermost last); ``expect``: ``"left"``/``"right"`` when a delimiter must
+    follow; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
+    close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
+    (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript").
     """
 
     frames: tuple
@@ -102,6 +105,7 @@ class ParseState(NamedTuple):
     opt: bool
     recent: tuple
     cost: int
+    scripts: int = 0
 
 
 def _need_cost(need: tuple) -> int:
@@ -124,7 +128,9 @@ def _atom_done(need: tuple) -> tuple:
     return need
 
 
-def _state(frames: tuple, need: tuple, expect: str | None, opt: bool, recent: tuple) -> ParseState:
+def _state(
+    frames: tuple, need: tuple, expect: str | None, opt: bool, recent: tuple, scripts: int = 0
+) -> ParseState:
     cost = 1  # <end>
     if expect == "left":
         cost += 3 + _after_atom(need)  # delimiter, \right, delimiter
@@ -132,12 +138,12 @@ def _state(frames: tuple, need: tuple, expect: str | None, opt: bool, recent: tu
         cost += 1 + _after_atom(need)
     else:
         cost += _need_cost(need)
-    for kind, saved, _ in frames:
+    for kind, saved, _, _ in frames:
         if kind == "[":
             cost += 1 + _need_cost(saved)  # "]" and then the command's argument
         else:
             cost += (2 if kind == "left" else 1) + _after_atom(saved)
-    return ParseState(frames, need, expect, opt, recent, cost)
+    return ParseState(frames, need, expect, opt, recent, cost, scripts)
 
 
 class LatexConstraint:
@@ -181,6 +187,13 @@ class LatexConstraint:
             kinds[(kinds == LEFT) | (kinds == RIGHT)] = FORBIDDEN
             self.kinds = kinds.tolist()
         self.kind_masks = torch.from_numpy(np.stack([kinds == k for k in range(N_KINDS)]))  # (N_KINDS, V)
+        # A base takes one superscript and one subscript; a prime is a superscript too ("x^{2}'" is an error).
+        self.script_bit = {index[t]: bit for t, bit in SCRIPT_BITS.items() if t in index}
+        self.prime = index.get("'", -1)
+        self.sup_ids = [i for i, bit in self.script_bit.items() if bit == SUP] + (
+            [self.prime] if self.prime >= 0 else []
+        )
+        self.sub_ids = [i for i, bit in self.script_bit.items() if bit == SUB]
         self.delim_mask = torch.from_numpy(delim)
         self._masks: dict[tuple, torch.Tensor] = {}
 
@@ -220,40 +233,49 @@ class LatexConstraint:
         frames, need, expect, opt = s.frames, s.need, None, False
         recent = (*s.recent[1 - self.history :], token)
         top = frames[-1][0] if frames else None
+        # Scripts of the current base: a token at this level (no argument owed) starts a new base, except a
+        # script (which adds its bit) and a prime; inside an argument they stay; a group restores its outside.
+        scripts = s.scripts if s.need or token == self.prime else 0
+        if not s.need and s.expect is None and token in self.script_bit:
+            scripts = s.scripts | self.script_bit[token]
         if s.expect == "left":
-            frames, need = (*frames, ("left", need, -1)), ()
+            frames, need, scripts = (*frames, ("left", need, -1, s.scripts)), (), 0
         elif s.expect == "right":
-            need = _atom_done(need)
+            need, scripts = _atom_done(need), s.scripts
         elif kind == OPEN:
-            frames, need = (*frames, ("{", need, -1)), ()
+            frames, need, scripts = (*frames, ("{", need, -1, s.scripts)), (), 0
         elif kind in (CLOSE, END, RIGHT_DELIM) and frames:
-            need = _atom_done(frames[-1][1])
+            _, saved, _, saved_scripts = frames[-1]
+            need, scripts = _atom_done(saved), saved_scripts if saved else 0
             frames = frames[:-1]
         elif kind == RIGHT and frames:
-            need, frames, expect = frames[-1][1], frames[:-1], "right"
+            _, saved, _, saved_scripts = frames[-1]
+            need, frames, expect, scripts = saved, frames[:-1], "right", saved_scripts if saved else 0
         elif kind == LEFT:
             expect = "left"
         elif kind == LEFT_DELIM:
-            frames, need = (*frames, ("left", need, -1)), ()
+            frames, need, scripts = (*frames, ("left", need, -1, s.scripts)), (), 0
         elif kind in (SCRIPT, CMD1, CMD2, CMD3, OPT1):
             need, opt = (*need, int(self.arity[token]) or 1), kind == OPT1
         elif kind in (BEGIN, BEGIN_SPEC):
-            frames = (*frames, ("env", need, int(self.end_of[token])))
-            need = (1,) if kind == BEGIN_SPEC else ()
+            frames = (*frames, ("env", need, int(self.end_of[token]), s.scripts))
+            need, scripts = ((1,) if kind == BEGIN_SPEC else ()), 0
         elif kind == LBRACK and s.opt and self.has_rbrack:
-            frames, need = (*frames, ("[", need, -1)), ()
+            frames, need, scripts = (*frames, ("[", need, -1, s.scripts)), (), 0
         elif kind == RBRACK and top == "[":
-            need, frames = frames[-1][1], frames[:-1]
+            need, scripts = frames[-1][1], frames[-1][3]
+            frames = frames[:-1]
         else:  # ATOM, SEP, plain brackets
             need = _atom_done(need)
-        return _state(frames, need, expect, opt, recent)
+        return _state(frames, need, expect, opt, recent, scripts)
 
     def _mask_for(self, s: ParseState, slack: int) -> torch.Tensor:
         """Allowed tokens (V,) for state ``s`` when a move may add at most ``slack`` to the closing cost."""
         top, end_id = (s.frames[-1][0], s.frames[-1][2]) if s.frames else (None, -1)
         arg = bool(s.need)
         in_optional = any(f[0] == "[" for f in s.frames)
-        key = (arg, s.expect, top, end_id, s.opt, slack, in_optional)
+        scripts = 0 if arg or s.expect is not None else s.scripts
+        key = (arg, s.expect, top, end_id, s.opt, slack, in_optional, scripts)
         mask = self._masks.get(key)
         if mask is not None:
             return mask
@@ -285,6 +307,10 @@ class LatexConstraint:
             mask = self.kind_masks[kinds].any(0)
             if top == "env" and not arg:
                 mask[end_id] = True
+            if scripts & SUP:
+                mask[self.sup_ids] = False
+            if scripts & SUB:
+                mask[self.sub_ids] = False
         self._masks[key] = mask
         return mask
 
