@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from texlens.export import export_onnx
+from texlens.image import ImageError, preprocess
 from texlens.predictor import Predictor, resolve_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,10 +35,25 @@ def shared_data() -> Path:
 
 
 def val_images(n: int) -> list[Path]:
-    """The first ``n`` IM2LATEX-100K validation images, in the order of val.matching.txt."""
+    """The first ``n`` readable IM2LATEX-100K validation images, in the order of val.matching.txt.
+
+    The set holds a few blank images (196.png); they are skipped, as a user would not time one.
+    """
     root = shared_data() / "im2latex100k"
     lines = (root / "val.matching.txt").read_text().split("\n")
-    return [root / "images_val" / line.split()[0] for line in lines if line.strip()][:n]
+    images = []
+    for line in lines:
+        if len(images) == n:
+            break
+        if line.strip():
+            path = root / "images_val" / line.split()[0]
+            try:
+                preprocess(path)
+            except ImageError as exc:
+                print(f"skipped {exc}", file=sys.stderr)
+                continue
+            images.append(path)
+    return images
 
 
 def measure(predictor: Predictor, images: list[Path], batch: int) -> dict:

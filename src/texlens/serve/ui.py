@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 APP_SCRIPT = Path(__file__).with_name("ui_app.py")
@@ -40,6 +42,9 @@ def launch(
     It listens on the loopback interface only, unless ``address`` says otherwise (``"0.0.0.0"``: the network).
     """
     process = subprocess.Popen(ui_command(port, api, model, address), env=ui_env(api, model))
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) of `texlens ui` stops the Streamlit server too, instead of leaving it running.
+        signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     using = f"API {api}" if api else f"model {model or 'default'}"
     print(f"texlens ui: http://{address}:{port}  ({using})", flush=True)
     try:
