@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import ipaddress
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-
-from texlens.image import ImageError, preprocess
+from _shared import first_readable, free_port, wait_healthy
 
 SHARED = Path(os.environ.get("TEXLENS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -56,27 +54,15 @@ def tiny_model(directory: Path) -> Path:
 
 def start_server(model: str | None, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """`texlens serve` on a free loopback port; returns the process and its URL once /health answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "texlens.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--model", model] if model else []
     process = subprocess.Popen(
         cmd, env={**os.environ, **env}, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}; run `texlens serve` to see why")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise SystemExit("the server did not answer /health within 120 s")
+    wait_healthy(process, f"{url}/health", "the server (`texlens serve`)")
+    return process, url
 
 
 async def run_load(
@@ -150,16 +136,7 @@ def main() -> None:
     if args.n < 1 or args.concurrency < 1:
         parser.error("--n and --concurrency must be positive")
 
-    paths = []
-    for path in sorted(args.images.glob("*.png")):
-        if len(paths) == args.n:
-            break
-        try:  # the set holds a few blank images (196.png), which the server rightly refuses with 422
-            preprocess(path)
-        except ImageError as exc:
-            print(f"skipped {path.name}: {exc}")
-            continue
-        paths.append(path)
+    paths = first_readable(sorted(args.images.glob("*.png")), args.n)
     if not paths:
         parser.error(f"no PNG images in {args.images}")
     images = [p.read_bytes() for p in paths]

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _shared import first_readable
 from rich.console import Console
 from rich.table import Table
 
 from texlens.export import export_onnx
-from texlens.image import ImageError, preprocess
 from texlens.predictor import Predictor, resolve_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,25 +35,10 @@ def shared_data() -> Path:
 
 
 def val_images(n: int) -> list[Path]:
-    """The first ``n`` readable IM2LATEX-100K validation images, in the order of val.matching.txt.
-
-    The set holds a few blank images (196.png); they are skipped, as a user would not time one.
-    """
+    """The first ``n`` readable IM2LATEX-100K validation images, in the order of val.matching.txt."""
     root = shared_data() / "im2latex100k"
     lines = (root / "val.matching.txt").read_text().split("\n")
-    images = []
-    for line in lines:
-        if len(images) == n:
-            break
-        if line.strip():
-            path = root / "images_val" / line.split()[0]
-            try:
-                preprocess(path)
-            except ImageError as exc:
-                print(f"skipped {exc}", file=sys.stderr)
-                continue
-            images.append(path)
-    return images
+    return first_readable((root / "images_val" / line.split()[0] for line in lines if line.strip()), n)
 
 
 def measure(predictor: Predictor, images: list[Path], batch: int) -> dict:

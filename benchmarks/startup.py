@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _shared import free_port, wait_healthy
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "texlens" / "examples" / "quadratic.png"
 CHROME_FLAGS = [
@@ -34,12 +34,6 @@ CHROME_FLAGS = [
     "--no-first-run",
     "--window-size=1400,1000",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def texlens_command(*args: str) -> list[str]:
@@ -63,17 +57,7 @@ def time_serve(model: str | None) -> tuple[float, float]:
     proc = subprocess.Popen(texlens_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("texlens serve exited")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > 120:
-                raise RuntimeError("texlens serve did not answer /health within 120 s")
-            time.sleep(0.05)
+        wait_healthy(proc, f"{url}/health", "texlens serve", poll=0.05)
         health = time.monotonic() - started
         with EXAMPLE.open("rb") as f:
             response = httpx.post(
@@ -115,15 +99,7 @@ def time_ui(model: str | None) -> tuple[float, float]:
             env=os.environ,
         )
         try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError("texlens ui exited")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
+            wait_healthy(proc, f"http://127.0.0.1:{port}/_stcore/health", "texlens ui", poll=0.05)
             driver.get(f"http://127.0.0.1:{port}")
             wait = WebDriverWait(
                 driver, 120, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
