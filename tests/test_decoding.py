@@ -180,7 +180,7 @@ def test_constraint_rules(vocab):
     inside = allowed_after(c, vocab, r"\left ( x")
     assert r"\right" in inside and "<end>" not in inside and "}" not in inside
     assert "<end>" in allowed_after(c, vocab, r"\left ( x \right )")
-    env = allowed_after(c, vocab, r"\begin{array} { c } x & y")
+    env = allowed_after(c, vocab, r"\begin{array} { c c } x & y")
     assert r"\end{array}" in env and r"\end{matrix}" not in env and "<end>" not in env
     nested = allowed_after(c, vocab, r"\begin{matrix} \begin{array} { c } x \end{array}")
     assert r"\end{matrix}" in nested and r"\end{array}" not in nested
@@ -207,9 +207,41 @@ def test_a_base_takes_one_superscript_and_one_subscript(vocab):
     assert "_" not in allowed_after(c, vocab, "x _ { 1 }")
     assert "^" not in allowed_after(c, vocab, "x ^ 2 _ 1") and "_" not in allowed_after(c, vocab, "x ^ 2 _ 1")
     # a new base, a group or an argument of the script starts afresh
-    for prefix in ("x ^ 2 + y", "{ x ^ 2 }", "x ^ { y", "x ^ { y ^ 2 } _ 1 +", "x '", "x ' '", r"x ^ 2 \\ y"):
+    for prefix in (
+        "x ^ 2 + y",
+        "{ x ^ 2 }",
+        "x ^ { y",
+        "x ^ { y ^ 2 } _ 1 +",
+        "x '",
+        "x ' '",
+        r"\begin{matrix} x ^ 2 \\ y",
+    ):
         assert "^" in allowed_after(c, vocab, prefix), prefix
     assert "^" in allowed_after(c, vocab, r"x ^ { \left ( y \right )")
+
+
+def test_alignments_take_columns_and_tabs_tex_accepts():
+    """An array's "{ cols }" holds column letters only; "&" and "\\\\" stand directly in an alignment; a row takes
+    no more "&" than the environment has columns (each of these is a TeX error otherwise)."""
+    v = Vocab(TOKENS + r"l r \begin{cases} \end{cases}".split())
+    c = LatexConstraint(v.itos)
+    assert allowed_after(c, v, r"\begin{array}") == {"{"}
+    assert allowed_after(c, v, r"\begin{array} {") == {"c", "l", "r", "|"}  # no "}" before a column, no "x"
+    assert allowed_after(c, v, r"\begin{array} { c |") == {"c", "l", "r", "|", "}"}
+    long_spec = r"\begin{array} { " + "c " * 24
+    assert allowed_after(c, v, long_spec.strip()) == {"}"}  # a runaway spec must end
+    for prefix in ("x", "{ x", r"\left ( x", r"\begin{matrix} { x", r"\begin{matrix} x ^"):
+        after = allowed_after(c, v, prefix)
+        assert "&" not in after and "\\\\" not in after, prefix
+    assert {"&", "\\\\"} <= allowed_after(c, v, r"\begin{matrix} x")
+    two = allowed_after(c, v, r"\begin{array} { c | c } x & y")
+    assert "&" not in two and "\\\\" in two and r"\end{array}" in two
+    assert "&" in allowed_after(c, v, r"\begin{array} { c | c } x & y \\ 1")  # a new row
+    assert "&" not in allowed_after(c, v, r"\begin{cases} x & y")
+    assert "&" in allowed_after(c, v, r"\begin{matrix} " + "x & " * 8 + "x")
+    assert "&" not in allowed_after(c, v, r"\begin{matrix} " + "x & " * 9 + "x")  # MaxMatrixCols is 10
+    nested = r"\begin{array} { c c c } x & \begin{cases} y & 1 \end{cases}"
+    assert "&" in allowed_after(c, v, nested)  # the outer row has used one of its two
 
 
 def test_budget_forces_closing(vocab):

@@ -72,6 +72,20 @@ OPTIONAL_ARG = frozenset(
     (r"\sqrt", r"\xrightarrow", r"\xleftarrow")
 )  # may take "[ ... ]" before the argument
 SPEC_ENVS = frozenset(("array", "tabular", "subarray", "darray", "alignat", "alignedat"))  # need "{ cols }"
+# What may stand in an environment's "{ cols }" argument: column letters, or a number of column pairs.
+SPEC_TOKENS = {"alignat": "0123456789", "alignedat": "0123456789"}
+COLUMN_LETTERS = ("l", "c", "r")
+ARRAY_SPEC_TOKENS = (*COLUMN_LETTERS, "|")
+MAX_SPEC = 24  # tokens in "{ cols }" (the real formulas have at most 17)
+# Most "&" one row of an environment takes ("Extra alignment tab" beyond it); the rest take any number. An array
+# takes one fewer than the column letters of its spec.
+ROW_TABS = {
+    **dict.fromkeys("matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallmatrix".split(), 9),  # MaxMatrixCols
+    **dict.fromkeys("cases dcases rcases split".split(), 1),
+    **dict.fromkeys("gather gathered multline picture".split(), 0),
+    "eqnarray": 2,
+}
+UNLIMITED = 1_000_000
 DELIMITERS = frozenset(
     r"( ) [ ] \{ \} | \| . / < > \langle \rangle \lfloor \rfloor \lceil \rceil \vert \Vert \lvert \rvert"
     r" \lVert \rVert \uparrow \downarrow \updownarrow \Uparrow \Downarrow \Updownarrow \backslash \lbrace"
@@ -92,9 +106,11 @@ class ParseState(NamedTuple):
     """Parse state of one hypothesis; immutable, so beams can share it.
 
     ``frames``: open groups, innermost last, each ``(kind, need saved outside, id of the closing token, scripts
-    saved outside)`` with kind ``"{"``, ``"left"``, ``"env"`` or ``"["``; ``need``: arguments still owed by the
+    saved outside, extra)`` with kind ``"{"``, ``"left"``, ``"env"``, ``"spec"`` (an environment's
+    ``{ cols }``) or ``"["``; ``extra`` is ``(tabs allowed per row, tabs in this row)`` for ``"env"``, the number of
+    tokens so far for ``"spec"``, else 0; ``need``: arguments still owed by the
     commands waiting at this level (innermost last); ``expect``: ``"left"``/``"right"`` when a delimiter must
-    follow; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
+    follow, ``"spec"`` when an environment's ``{`` must; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
     close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
     (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript").
     """
@@ -136,11 +152,15 @@ def _state(
         cost += 3 + _after_atom(need)  # delimiter, \right, delimiter
     elif expect == "right":
         cost += 1 + _after_atom(need)
+    elif expect == "spec":
+        cost += 3  # "{", a column, "}"
     else:
         cost += _need_cost(need)
-    for kind, saved, _, _ in frames:
+    for kind, saved, _, _, extra in frames:
         if kind == "[":
             cost += 1 + _need_cost(saved)  # "]" and then the command's argument
+        elif kind == "spec":
+            cost += 1 + (extra == 0)  # a column if none yet, and "}"
         else:
             cost += (2 if kind == "left" else 1) + _after_atom(saved)
     return ParseState(frames, need, expect, opt, recent, cost, scripts)
@@ -194,6 +214,21 @@ class LatexConstraint:
             [self.prime] if self.prime >= 0 else []
         )
         self.sub_ids = [i for i, bit in self.script_bit.items() if bit == SUB]
+        # Environments: "&" per row, and what their "{ cols }" may hold (keyed by the id of the \end token).
+        self.amp, self.open_id = index.get("&", -1), index.get("{", -1)
+        self.row_tabs, self.spec_ids, self.column_envs = {}, {}, set()
+        for tok in self.tokens:
+            if tok.startswith(r"\end{"):
+                env = tok[len(r"\end{") : -1]
+                self.row_tabs[index[tok]] = ROW_TABS.get(env, UNLIMITED)
+                if env in SPEC_ENVS:
+                    spec = SPEC_TOKENS.get(env, ARRAY_SPEC_TOKENS)
+                    self.spec_ids[index[tok]] = torch.tensor(
+                        [index[t] for t in spec if t in index], dtype=torch.long
+                    )
+                    if env not in SPEC_TOKENS:
+                        self.column_envs.add(index[tok])
+        self.column_ids = frozenset(index[t] for t in COLUMN_LETTERS if t in index)
         self.delim_mask = torch.from_numpy(delim)
         self._masks: dict[tuple, torch.Tensor] = {}
 
@@ -238,34 +273,47 @@ class LatexConstraint:
         scripts = s.scripts if s.need or token == self.prime else 0
         if not s.need and s.expect is None and token in self.script_bit:
             scripts = s.scripts | self.script_bit[token]
-        if s.expect == "left":
-            frames, need, scripts = (*frames, ("left", need, -1, s.scripts)), (), 0
+        if s.expect == "spec":
+            frames = (*frames, ("spec", (), -1, 0, 0))
+        elif top == "spec" and kind != CLOSE:
+            frames = (*frames[:-1], (*frames[-1][:4], frames[-1][4] + 1))
+        elif s.expect == "left":
+            frames, need, scripts = (*frames, ("left", need, -1, s.scripts, 0)), (), 0
         elif s.expect == "right":
             need, scripts = _atom_done(need), s.scripts
         elif kind == OPEN:
-            frames, need, scripts = (*frames, ("{", need, -1, s.scripts)), (), 0
+            frames, need, scripts = (*frames, ("{", need, -1, s.scripts, 0)), (), 0
+        elif kind == CLOSE and top == "spec":  # the columns are known: an array row takes one "&" fewer
+            columns = sum(t in self.column_ids for t in s.recent[len(s.recent) - frames[-1][4] :])
+            env = frames[-2]
+            tabs = max(columns - 1, 0) if env[2] in self.column_envs else UNLIMITED
+            frames = (*frames[:-2], (*env[:4], (min(tabs, env[4][0]), 0)))
         elif kind in (CLOSE, END, RIGHT_DELIM) and frames:
-            _, saved, _, saved_scripts = frames[-1]
+            _, saved, _, saved_scripts, _ = frames[-1]
             need, scripts = _atom_done(saved), saved_scripts if saved else 0
             frames = frames[:-1]
         elif kind == RIGHT and frames:
-            _, saved, _, saved_scripts = frames[-1]
+            _, saved, _, saved_scripts, _ = frames[-1]
             need, frames, expect, scripts = saved, frames[:-1], "right", saved_scripts if saved else 0
         elif kind == LEFT:
             expect = "left"
         elif kind == LEFT_DELIM:
-            frames, need, scripts = (*frames, ("left", need, -1, s.scripts)), (), 0
+            frames, need, scripts = (*frames, ("left", need, -1, s.scripts, 0)), (), 0
         elif kind in (SCRIPT, CMD1, CMD2, CMD3, OPT1):
             need, opt = (*need, int(self.arity[token]) or 1), kind == OPT1
         elif kind in (BEGIN, BEGIN_SPEC):
-            frames = (*frames, ("env", need, int(self.end_of[token]), s.scripts))
-            need, scripts = ((1,) if kind == BEGIN_SPEC else ()), 0
+            end = int(self.end_of[token])
+            frames = (*frames, ("env", need, end, s.scripts, (self.row_tabs.get(end, UNLIMITED), 0)))
+            need, scripts, expect = (), 0, ("spec" if kind == BEGIN_SPEC else None)
         elif kind == LBRACK and s.opt and self.has_rbrack:
-            frames, need, scripts = (*frames, ("[", need, -1, s.scripts)), (), 0
+            frames, need, scripts = (*frames, ("[", need, -1, s.scripts, 0)), (), 0
         elif kind == RBRACK and top == "[":
             need, scripts = frames[-1][1], frames[-1][3]
             frames = frames[:-1]
-        else:  # ATOM, SEP, plain brackets
+        elif kind == SEP and top == "env":  # count the row's "&"; a new row starts afresh
+            tabs, used = frames[-1][4]
+            frames = (*frames[:-1], (*frames[-1][:4], (tabs, used + 1 if token == self.amp else 0)))
+        else:  # ATOM, plain brackets
             need = _atom_done(need)
         return _state(frames, need, expect, opt, recent, scripts)
 
@@ -275,11 +323,28 @@ class LatexConstraint:
         arg = bool(s.need)
         in_optional = any(f[0] == "[" for f in s.frames)
         scripts = 0 if arg or s.expect is not None else s.scripts
-        key = (arg, s.expect, top, end_id, s.opt, slack, in_optional, scripts)
+        if top == "env":
+            tabs, used = s.frames[-1][4]
+            extra: object = used >= tabs
+        elif top == "spec":
+            extra = (s.frames[-2][2], min(s.frames[-1][4], 2), s.frames[-1][4] >= MAX_SPEC)
+        else:
+            extra = None
+        key = (arg, s.expect, top, end_id, s.opt, slack, in_optional, scripts, extra)
         mask = self._masks.get(key)
         if mask is not None:
             return mask
-        if s.expect is not None:
+        if s.expect == "spec":
+            mask = torch.zeros(len(self.tokens), dtype=torch.bool)
+            mask[self.open_id] = True
+        elif top == "spec":  # column letters (at most MAX_SPEC), then "}"
+            mask = torch.zeros(len(self.tokens), dtype=torch.bool)
+            count = s.frames[-1][4]
+            if count < MAX_SPEC and slack >= (-1 if count == 0 else 0):
+                mask[self.spec_ids[s.frames[-2][2]]] = True
+            if count > 0:
+                mask[self.kind_masks[CLOSE]] = True
+        elif s.expect is not None:
             mask = self.delim_mask.clone()  # a delimiter always lowers the cost
         else:
             # (kind, change of the closing cost); a kind is allowed when the change fits the slack
@@ -289,8 +354,8 @@ class LatexConstraint:
                 if top != "[":
                     moves.append((RBRACK, -1))
             else:
-                moves = [(ATOM, 0), (SEP, 0), (OPEN, 1), (SCRIPT, 1), (CMD1, 1), (CMD2, 2), (CMD3, 3)]
-                moves += [(OPT1, 1), (LEFT, 3), (LEFT_DELIM, 2), (BEGIN, 1), (BEGIN_SPEC, 2), (LBRACK, 0)]
+                moves = [(ATOM, 0), (OPEN, 1), (SCRIPT, 1), (CMD1, 1), (CMD2, 2), (CMD3, 3)]
+                moves += [(OPT1, 1), (LEFT, 3), (LEFT_DELIM, 2), (BEGIN, 1), (BEGIN_SPEC, 4), (LBRACK, 0)]
                 moves.append((RBRACK, -1 if top == "[" else 0))
                 if top == "{":
                     moves.append((CLOSE, -1))
@@ -298,6 +363,8 @@ class LatexConstraint:
                     moves += [(RIGHT, -1), (RIGHT_DELIM, -2)]
                 elif top is None:
                     moves.append((EOS, -1))
+                elif top == "env":  # "&" and "\\\\" only directly in an alignment, not inside a group
+                    moves.append((SEP, 0))
             # TeX ends an optional argument at its first "]" outside braces; to read it the same way everywhere,
             # no other bracket, \left or environment may appear inside one.
             banned = ()
@@ -307,6 +374,8 @@ class LatexConstraint:
             mask = self.kind_masks[kinds].any(0)
             if top == "env" and not arg:
                 mask[end_id] = True
+                if extra and self.amp >= 0:  # this row has all the "&" the environment takes
+                    mask[self.amp] = False
             if scripts & SUP:
                 mask[self.sup_ids] = False
             if scripts & SUB:
@@ -327,7 +396,7 @@ class LatexConstraint:
 
     def mask(self, states: Sequence[ParseState], remaining: int) -> torch.Tensor:
         """Allowed tokens (N, V) for N hypotheses with ``remaining`` tokens left (``<end>`` included)."""
-        masks = torch.stack([self._mask_for(s, max(-1, min(3, remaining - 1 - s.cost))) for s in states])
+        masks = torch.stack([self._mask_for(s, max(-1, min(4, remaining - 1 - s.cost))) for s in states])
         for row, s in enumerate(states):
             banned = self._repeated(s.recent)
             if banned is not None and masks[row, banned] and int(masks[row].sum()) > 1:

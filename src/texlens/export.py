@@ -31,6 +31,7 @@ from torch import nn
 __all__ = ["OnnxModel", "ensure_onnx", "export_onnx"]
 
 OPSET = 17
+EXPORT_VERSION = 2  # part of the cache key: a change to how graphs are exported invalidates cached exports
 ENCODER, INIT, DECODER = "encoder", "decoder_init", "decoder"
 META_FILE = "onnx.json"
 # Largest |torch - onnxruntime| logit difference accepted by the check that runs after every export.
@@ -270,9 +271,14 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         try:
             for name in (ENCODER, INIT, DECODER):
                 target = out_dir / f"{name}.int8.onnx"
-                # MatMul/Gemm only: int8 convolutions (ConvInteger) run slower than float ones on CPU.
+                # MatMul/Gemm only: int8 convolutions (ConvInteger) run slower than float ones on CPU. A scale
+                # per output channel keeps more of the accuracy than one per tensor, at the same speed.
                 quantize_dynamic(
-                    paths[name], target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+                    paths[name],
+                    target,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    per_channel=True,
                 )
                 result[f"{name}_int8"] = target
         finally:
@@ -316,7 +322,8 @@ def ensure_onnx(model_dir: str | Path, int8: bool = False) -> Path:
                 f"{model_dir} has no int8 graphs; export them with `texlens export onnx --int8`"
             )
         raise FileNotFoundError(f"{model_dir} holds neither ONNX graphs nor model.safetensors")
-    stamp = hashlib.sha1(f"{model_dir.resolve()}:{weights.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    key = f"{model_dir.resolve()}:{weights.stat().st_mtime_ns}:{EXPORT_VERSION}"
+    stamp = hashlib.sha1(key.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "texlens" / "onnx" / stamp
     if not (cache / f"{DECODER}{suffix}").is_file():
         export_onnx(model_dir, cache, int8=int8)

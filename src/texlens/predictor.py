@@ -102,11 +102,15 @@ def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
     return PreprocessConfig(**values)
 
 
+LENGTH_PENALTY = 1.0  # beam search's length normalisation (GNMT alpha)
+
+
 class Predictor:
     """Load a model once, then read formulas from images: ``Predictor().predict("formula.png").latex``.
 
     ``backend``: "torch", "onnx" or "onnx-int8" (a model directory is exported to ONNX on first use and cached);
-    ``num_threads`` sets torch's (process-wide) and onnxruntime's thread count.
+    ``num_threads`` sets torch's (process-wide) and onnxruntime's thread count; ``length_penalty`` is beam
+    search's GNMT alpha (``texlens.decoding.beam_search``; see benchmarks/beam_alpha.py for how it was chosen).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Predictor:
         backend: str = "torch",
         num_threads: int | None = None,
         max_len: int = 256,
+        length_penalty: float | str = LENGTH_PENALTY,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -122,6 +127,7 @@ class Predictor:
             torch.set_num_threads(num_threads)
         self.backend = backend
         self.max_len = max_len
+        self.length_penalty = length_penalty
         self.model_dir = resolve_model_dir(model)
         if backend == "torch":
             from texlens.models import load_model
@@ -217,7 +223,7 @@ class Predictor:
             if beam == 1:
                 nbest = [[h] for h in greedy_decode(self.model, images, **options)]
             else:
-                nbest = beam_search(self.model, images, beam, **options)
+                nbest = beam_search(self.model, images, beam, length_penalty=self.length_penalty, **options)
         share = (time.perf_counter() - start) * 1000 / len(arrays)
         for result, pixels, size, hyps in zip(results, arrays, sizes, nbest, strict=True):
             result.tokens, result.token_confidences, result.attention = self._describe(
