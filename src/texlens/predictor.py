@@ -102,7 +102,7 @@ def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
     return PreprocessConfig(**values)
 
 
-LENGTH_PENALTY = 1.0  # beam search's length normalisation (GNMT alpha)
+LENGTH_PENALTY = 0.5  # beam search's length normalisation (GNMT alpha), chosen by benchmarks/beam_alpha.py
 
 
 class Predictor:

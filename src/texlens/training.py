@@ -46,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "plot_curves",
+    "read_metrics",
     "train",
 ]
 
@@ -619,14 +620,9 @@ def _build_model(cfg: TrainConfig, vocab: Vocab, initial: nn.Module | None) -> n
     return model
 
 
-def plot_curves(log_dir: str | Path, out_png: str | Path) -> Path | None:
-    """Plot losses, validation metrics and the learning rate from Lightning's CSV logs (all versions) into a PNG."""
+def read_metrics(log_dir: str | Path) -> dict[str, dict[int, float]]:
+    """Every logged series of a run, ``{name: {step: value}}``, from Lightning's CSV logs (all versions)."""
     import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     series: dict[str, dict[int, float]] = {}
     for csv_file in sorted(Path(log_dir).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
@@ -637,6 +633,17 @@ def plot_curves(log_dir: str | Path, out_png: str | Path) -> Path | None:
                     if key in ("step", "epoch") or value in ("", None):
                         continue
                     series.setdefault(key, {})[step] = float(value)  # a resumed run overwrites its past
+    return series
+
+
+def plot_curves(log_dir: str | Path, out_png: str | Path) -> Path | None:
+    """Plot losses, validation metrics and the learning rate from Lightning's CSV logs (all versions) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_metrics(log_dir)
     if not series:
         return None
     panels = [

@@ -52,6 +52,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads = n_heads
+        self.scale = (d_model // n_heads) ** -0.5
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -59,8 +60,8 @@ class MultiHeadAttention(nn.Module):
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, H, T, D / H)."""
-        b, t, d = x.shape
-        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+        # No sizes read off the tensor: in an exported graph each would be a chain of shape operators per step.
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, H, T, D / H) of ``x``."""
@@ -79,16 +80,15 @@ class MultiHeadAttention(nn.Module):
         q = self.heads(self.query(x))
         weights = None
         if need_weights:
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            scores = (q @ k.transpose(-1, -2)) * self.scale
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.float().softmax(-1)
             y = weights.to(v.dtype) @ v
         else:
             p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        b, h, t, dh = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, h * dh)), weights
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
+        return self.out(y.transpose(1, 2).flatten(2)), weights
 
 
 class DecoderLayer(nn.Module):
