@@ -180,6 +180,83 @@ def _export(
         )
 
 
+def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
+    """Give the graph's Reshape nodes constant target shapes (0 = keep that input dim); returns how many.
+
+    The tracer computes every reshape target from the tensor's runtime shape (Shape, Slice, Concat, ... per call):
+    at one token per step that bookkeeping is a third of the decoder's operators. Running the graph on ``probes``
+    (feeds that differ in every dynamic size) shows which output dim copies which input dim and which is fixed;
+    the dead shape arithmetic is then dropped. ``check_export`` afterwards compares the result with PyTorch.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(str(path))
+    typed = onnx.shape_inference.infer_shapes(graph_model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*typed.value_info, *typed.input, *typed.output)}
+    reshapes = [n for n in graph_model.graph.node if n.op_type == "Reshape"]
+    if not reshapes:
+        return 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(graph_model)
+    watched = list(dict.fromkeys(t for n in reshapes for t in (n.input[0], n.output[0])))
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, types[t], None) for t in watched if t not in outputs
+    )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    seen = [dict(zip(names, (np.shape(x) for x in session.run(None, f)), strict=True)) for f in probes]
+    folded = 0
+    for node in reshapes:
+        ins, outs = [p[node.input[0]] for p in seen], [p[node.output[0]] for p in seen]
+        target = []
+        for i in range(len(outs[0])):
+            copies = all(len(a) > i and a[i] == o[i] for a, o in zip(ins, outs, strict=True))
+            fixed = len({o[i] for o in outs}) == 1
+            if copies and (not fixed or len({a[i] for a in ins}) > 1):
+                target.append(0)  # follows the input's dim i
+            elif fixed and outs[0][i] > 0:
+                target.append(outs[0][i])
+            elif copies:
+                target.append(0)
+            else:
+                target.append(-1)  # whatever is left
+        if target.count(-1) > 1:
+            continue
+        name = f"{node.output[0]}/folded_shape"
+        graph_model.graph.initializer.append(numpy_helper.from_array(np.array(target, dtype=np.int64), name))
+        node.input[1] = name
+        folded += 1
+    # Drop what no output needs any more (the shape arithmetic).
+    needed = {o.name for o in graph_model.graph.output}
+    kept = []
+    for node in reversed(list(graph_model.graph.node)):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph_model.graph.node[:]
+    graph_model.graph.node.extend(reversed(kept))
+    used = {i for n in kept for i in n.input}
+    initializers = [t for t in graph_model.graph.initializer if t.name in used]
+    del graph_model.graph.initializer[:]
+    graph_model.graph.initializer.extend(initializers)
+    onnx.save(graph_model, str(path))
+    return folded
+
+
+def _step_feeds(
+    tokens: torch.Tensor, leaves: list[torch.Tensor], in_names: list[str]
+) -> dict[str, np.ndarray]:
+    feeds = {name: leaf.numpy() for name, leaf in zip(in_names, leaves, strict=True)}
+    feeds["tokens"] = tokens.numpy()
+    return feeds
+
+
 def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) -> dict[str, Path]:
     """Export a model directory to ONNX (encoder, decoder_init, decoder + config/vocab), check it, optionally int8."""
     from texlens.models import load_model
@@ -241,6 +318,16 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
             ["logits", "attention", *(out_names[k] for k in changing)],
             step_axes,
         )
+        # Probes that differ in batch, memory length and prefix length (none of them 0) for fold_reshapes.
+        _, state_c = _probe(model, 1, 64, 256, 5)
+        leaves_c = [
+            torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in flatten_state(state_c)[1]
+        ]
+        probes = [
+            _step_feeds(torch.arange(batch, dtype=torch.long) + 5, leaves, in_names)
+            for batch, leaves in ((2, leaves_a), (3, leaves_b), (1, leaves_c))
+        ]
+        fold_reshapes(paths[DECODER], probes)
 
     meta = {
         "model": model.name,
@@ -287,20 +374,23 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
 
 
 def check_export(model: nn.Module, onnx_dir: Path, steps: int = 4) -> float:
-    """Run torch and onnxruntime side by side on a new batch/size/prefix; raise if the logits differ."""
+    """Run torch and onnxruntime side by side on new batches/sizes/prefixes; raise if the logits differ."""
     onnx_model = OnnxModel(onnx_dir)
     worst = 0.0
     with torch.no_grad():
-        images = (torch.rand(3, 1, 48, 96, generator=torch.Generator().manual_seed(7)) > 0.8).float()
-        memory_t, memory_o = model.encode(images), onnx_model.encode(images)
-        worst = max(worst, float((memory_t - memory_o).abs().max()))
-        state_t, state_o = model.init_state(memory_t), onnx_model.init_state(memory_o)
-        tokens = torch.tensor([5, 6, 7])
-        for _ in range(steps):
-            logits_t, state_t, att_t = model.step(tokens, state_t)
-            logits_o, state_o, att_o = onnx_model.step(tokens, state_o)
-            worst = max(worst, float((logits_t - logits_o).abs().max()), float((att_t - att_o).abs().max()))
-            tokens = logits_t.argmax(-1)
+        for batch, height, width in ((3, 48, 96), (1, 40, 200)):
+            generator = torch.Generator().manual_seed(7 + batch)
+            images = (torch.rand(batch, 1, height, width, generator=generator) > 0.8).float()
+            memory_t, memory_o = model.encode(images), onnx_model.encode(images)
+            worst = max(worst, float((memory_t - memory_o).abs().max()))
+            state_t, state_o = model.init_state(memory_t), onnx_model.init_state(memory_o)
+            tokens = torch.arange(batch) + 5
+            for _ in range(steps):
+                logits_t, state_t, att_t = model.step(tokens, state_t)
+                logits_o, state_o, att_o = onnx_model.step(tokens, state_o)
+                diff = max(float((logits_t - logits_o).abs().max()), float((att_t - att_o).abs().max()))
+                worst = max(worst, diff)
+                tokens = logits_t.argmax(-1)
     if not worst <= TOLERANCE:
         raise RuntimeError(
             f"ONNX export of {onnx_dir} disagrees with PyTorch by {worst:.2e} (> {TOLERANCE}); "
