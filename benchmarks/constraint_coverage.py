@@ -16,16 +16,6 @@ from texlens.latex import LatexError, Vocab, normalize
 REPO = Path(__file__).resolve().parents[1]
 
 
-def first_rejected(constraint: LatexConstraint, ids: list[int]) -> int | None:
-    """Index of the first token the constraint forbids (``ids`` ends with ``<end>``), or None."""
-    state = constraint.initial()
-    for i, token in enumerate(ids):
-        if not constraint.mask([state], len(ids) - i)[0, token]:
-            return i
-        state = constraint.advance(state, token)
-    return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,7 +40,7 @@ def main() -> None:
     constraint = LatexConstraint(vocab.itos)
     rejected = []
     for tokens in formulas:
-        at = first_rejected(constraint, vocab.encode(tokens)[1:])
+        at = constraint.first_rejected(vocab.encode(tokens)[1:])
         if at is not None:
             rejected.append((" ".join(tokens[max(0, at - 6) : at + 1]), " ".join(tokens)))
     print(f"{len(formulas)} formulas, {len(rejected)} rejected ({len(rejected) / max(len(formulas), 1):.3%})")

@@ -42,12 +42,7 @@ def images(b: int = 3, seed: int = 0) -> torch.Tensor:
 
 def accepted(constraint: LatexConstraint, ids: list[int], max_len: int) -> bool:
     """Whether the constraint allows every token of ``ids`` in turn."""
-    state = constraint.initial()
-    for i, tok in enumerate(ids):
-        if not constraint.mask([state], max_len - i)[0, tok]:
-            return False
-        state = constraint.advance(state, tok)
-    return True
+    return constraint.first_rejected(ids, max_len) is None
 
 
 def balanced(tokens: list[str]) -> bool:

@@ -383,6 +383,17 @@ class LatexConstraint:
         self._masks[key] = mask
         return mask
 
+    def first_rejected(self, ids: Sequence[int], max_len: int | None = None) -> int | None:
+        """Index of the first token of ``ids`` this constraint would forbid (with ``max_len`` tokens allowed in
+        all, by default exactly ``len(ids)``: no length to spare), or None when it allows all of them."""
+        max_len = len(ids) if max_len is None else max_len
+        state = self.initial()
+        for i, token in enumerate(ids):
+            if not self.mask([state], max_len - i)[0, token]:
+                return i
+            state = self.advance(state, token)
+        return None
+
     def _repeated(self, recent: tuple) -> int | None:
         """The token that would continue a decoding loop at the end of ``recent`` (shortest period first)."""
         n = len(recent)
