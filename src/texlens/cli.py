@@ -86,7 +86,7 @@ def evaluate_cmd(
         Path | None, typer.Option(help="Write a per-sample CSV of errors, worst first.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
 ) -> None:
     """Measure a model on a dataset: BLEU-4, edit similarity, exact match, ExpRate, image match, speed."""
     from texlens.evaluate import evaluate, print_report
