@@ -69,6 +69,11 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model directory or bundled name (default: bundled)")
     parser.add_argument("--n", type=int, default=200, help="number of validation images")
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma list; the first is the reference for 'same tokens'",
+    )
     parser.add_argument("--batch", type=int, default=16, help="batch size for the throughput column")
     parser.add_argument("--max-len", type=int, default=256, help="longest output, in tokens")
     args = parser.parse_args()
@@ -84,10 +89,10 @@ def main() -> None:
         for column in ("backend", "threads", "median ms", "p90 ms", f"images/s (batch {args.batch})"):
             table.add_column(column, justify="right")
         table.add_column("mean tokens", justify="right")
-        table.add_column("same tokens as torch", justify="right")
+        table.add_column(f"same tokens as {args.backends.split(',')[0]}", justify="right")
         rows = []
         reference = None
-        for backend in BACKENDS:
+        for backend in args.backends.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
                 source = model_dir if backend == "torch" else onnx_dir
                 predictor = Predictor(source, backend=backend, num_threads=threads, max_len=args.max_len)
