@@ -107,8 +107,8 @@ class ParseState(NamedTuple):
 
     ``frames``: open groups, innermost last, each ``(kind, need saved outside, id of the closing token, scripts
     saved outside, extra)`` with kind ``"{"``, ``"left"``, ``"env"``, ``"spec"`` (an environment's
-    ``{ cols }``) or ``"["``; ``extra`` is ``(tabs allowed per row, tabs in this row)`` for ``"env"``, the number of
-    tokens so far for ``"spec"``, else 0; ``need``: arguments still owed by the
+    ``{ cols }``) or ``"["``; ``extra`` is ``(tabs allowed per row, tabs in this row)`` for ``"env"``, ``(tokens,
+    column letters)`` so far for ``"spec"``, else 0; ``need``: arguments still owed by the
     commands waiting at this level (innermost last); ``expect``: ``"left"``/``"right"`` when a delimiter must
     follow, ``"spec"`` when an environment's ``{`` must; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
     close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
@@ -160,7 +160,7 @@ def _state(
         if kind == "[":
             cost += 1 + _need_cost(saved)  # "]" and then the command's argument
         elif kind == "spec":
-            cost += 1 + (extra == 0)  # a column if none yet, and "}"
+            cost += 1 + (extra[0] == 0)  # a column if none yet, and "}"
         else:
             cost += (2 if kind == "left" else 1) + _after_atom(saved)
     return ParseState(frames, need, expect, opt, recent, cost, scripts)
@@ -274,9 +274,10 @@ class LatexConstraint:
         if not s.need and s.expect is None and token in self.script_bit:
             scripts = s.scripts | self.script_bit[token]
         if s.expect == "spec":
-            frames = (*frames, ("spec", (), -1, 0, 0))
+            frames = (*frames, ("spec", (), -1, 0, (0, 0)))
         elif top == "spec" and kind != CLOSE:
-            frames = (*frames[:-1], (*frames[-1][:4], frames[-1][4] + 1))
+            count, columns = frames[-1][4]
+            frames = (*frames[:-1], (*frames[-1][:4], (count + 1, columns + (token in self.column_ids))))
         elif s.expect == "left":
             frames, need, scripts = (*frames, ("left", need, -1, s.scripts, 0)), (), 0
         elif s.expect == "right":
@@ -284,7 +285,7 @@ class LatexConstraint:
         elif kind == OPEN:
             frames, need, scripts = (*frames, ("{", need, -1, s.scripts, 0)), (), 0
         elif kind == CLOSE and top == "spec":  # the columns are known: an array row takes one "&" fewer
-            columns = sum(t in self.column_ids for t in s.recent[len(s.recent) - frames[-1][4] :])
+            columns = frames[-1][4][1]
             env = frames[-2]
             tabs = max(columns - 1, 0) if env[2] in self.column_envs else UNLIMITED
             frames = (*frames[:-2], (*env[:4], (min(tabs, env[4][0]), 0)))
@@ -327,7 +328,8 @@ class LatexConstraint:
             tabs, used = s.frames[-1][4]
             extra: object = used >= tabs
         elif top == "spec":
-            extra = (s.frames[-2][2], min(s.frames[-1][4], 2), s.frames[-1][4] >= MAX_SPEC)
+            count = s.frames[-1][4][0]
+            extra = (s.frames[-2][2], min(count, 2), count >= MAX_SPEC)
         else:
             extra = None
         key = (arg, s.expect, top, end_id, s.opt, slack, in_optional, scripts, extra)
@@ -339,7 +341,7 @@ class LatexConstraint:
             mask[self.open_id] = True
         elif top == "spec":  # column letters (at most MAX_SPEC), then "}"
             mask = torch.zeros(len(self.tokens), dtype=torch.bool)
-            count = s.frames[-1][4]
+            count = s.frames[-1][4][0]
             if count < MAX_SPEC and slack >= (-1 if count == 0 else 0):
                 mask[self.spec_ids[s.frames[-2][2]]] = True
             if count > 0:

@@ -249,6 +249,11 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
     return folded
 
 
+def _as_tensors(leaves: list[Any]) -> list[torch.Tensor]:
+    """State leaves as tensors: an int leaf (a step counter) becomes a 0-d int64 tensor."""
+    return [torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in leaves]
+
+
 def _step_feeds(
     tokens: torch.Tensor, leaves: list[torch.Tensor], in_names: list[str]
 ) -> dict[str, np.ndarray]:
@@ -279,8 +284,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         step_tokens = torch.tensor([5, 6], dtype=torch.long)
         after = flatten_state(model.step(step_tokens, state_a)[1])[1]
         changing = [i for i, (old, new) in enumerate(zip(leaves_a, after, strict=True)) if new is not old]
-        leaves_a = [torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in leaves_a]
-        leaves_b = [torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in leaves_b]
+        leaves_a, leaves_b = _as_tensors(leaves_a), _as_tensors(leaves_b)
         state_axes = {
             name: {d: f"{name}_{d}" for d in _dynamic_dims([tuple(a.shape), tuple(b.shape)])}
             for name, a, b in zip(names, leaves_a, leaves_b, strict=True)
@@ -320,9 +324,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         )
         # Probes that differ in batch, memory length and prefix length (none of them 0) for fold_reshapes.
         _, state_c = _probe(model, 1, 64, 256, 5)
-        leaves_c = [
-            torch.tensor(x, dtype=torch.int64) if isinstance(x, int) else x for x in flatten_state(state_c)[1]
-        ]
+        leaves_c = _as_tensors(flatten_state(state_c)[1])
         probes = [
             _step_feeds(torch.arange(batch, dtype=torch.long) + 5, leaves, in_names)
             for batch, leaves in ((2, leaves_a), (3, leaves_b), (1, leaves_c))
