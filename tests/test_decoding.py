@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,7 +156,7 @@ def allowed_after(constraint: LatexConstraint, vocab: Vocab, prefix: str, remain
         assert constraint.mask([state], remaining + len(ids) - i)[0, tok], (prefix, vocab.itos[tok])
         state = constraint.advance(state, tok)
     mask = constraint.mask([state], remaining)[0]
-    return {vocab.itos[i] for i in mask.nonzero()[:, 0].tolist()}
+    return {vocab.itos[i] for i in np.flatnonzero(mask).tolist()}
 
 
 def test_constraint_rules(vocab):
@@ -270,7 +271,7 @@ def test_random_walks_always_close(vocab):
         max_len = rng.randint(1, 40)
         state, ids = c.initial(), []
         for i in range(max_len):
-            options = c.mask([state], max_len - i)[0].nonzero()[:, 0].tolist()
+            options = np.flatnonzero(c.mask([state], max_len - i)[0]).tolist()
             assert options, ids
             tok = rng.choice(options)
             ids.append(tok)

@@ -206,7 +206,7 @@ class LatexConstraint:
         if not self.has_delim:  # \left with nothing to follow it could never close
             kinds[(kinds == LEFT) | (kinds == RIGHT)] = FORBIDDEN
             self.kinds = kinds.tolist()
-        self.kind_masks = torch.from_numpy(np.stack([kinds == k for k in range(N_KINDS)]))  # (N_KINDS, V)
+        self.kind_masks = np.stack([kinds == k for k in range(N_KINDS)])  # (N_KINDS, V)
         # A base takes one superscript and one subscript; a prime is a superscript too ("x^{2}'" is an error).
         self.script_bit = {index[t]: bit for t, bit in SCRIPT_BITS.items() if t in index}
         self.prime = index.get("'", -1)
@@ -223,14 +223,12 @@ class LatexConstraint:
                 self.row_tabs[index[tok]] = ROW_TABS.get(env, UNLIMITED)
                 if env in SPEC_ENVS:
                     spec = SPEC_TOKENS.get(env, ARRAY_SPEC_TOKENS)
-                    self.spec_ids[index[tok]] = torch.tensor(
-                        [index[t] for t in spec if t in index], dtype=torch.long
-                    )
+                    self.spec_ids[index[tok]] = np.array([index[t] for t in spec if t in index])
                     if env not in SPEC_TOKENS:
                         self.column_envs.add(index[tok])
         self.column_ids = frozenset(index[t] for t in COLUMN_LETTERS if t in index)
-        self.delim_mask = torch.from_numpy(delim)
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self.delim_mask = delim
+        self._masks: dict[tuple, np.ndarray] = {}  # numpy, not torch: a decoding step reads one per row
 
     @staticmethod
     def _kind(tok: str, index: dict[str, int]) -> int:
@@ -318,7 +316,7 @@ class LatexConstraint:
             need = _atom_done(need)
         return _state(frames, need, expect, opt, recent, scripts)
 
-    def _mask_for(self, s: ParseState, slack: int) -> torch.Tensor:
+    def _mask_for(self, s: ParseState, slack: int) -> np.ndarray:
         """Allowed tokens (V,) for state ``s`` when a move may add at most ``slack`` to the closing cost."""
         top, end_id = (s.frames[-1][0], s.frames[-1][2]) if s.frames else (None, -1)
         arg = bool(s.need)
@@ -337,17 +335,17 @@ class LatexConstraint:
         if mask is not None:
             return mask
         if s.expect == "spec":
-            mask = torch.zeros(len(self.tokens), dtype=torch.bool)
+            mask = np.zeros(len(self.tokens), dtype=bool)
             mask[self.open_id] = True
         elif top == "spec":  # column letters (at most MAX_SPEC), then "}"
-            mask = torch.zeros(len(self.tokens), dtype=torch.bool)
+            mask = np.zeros(len(self.tokens), dtype=bool)
             count = s.frames[-1][4][0]
             if count < MAX_SPEC and slack >= (-1 if count == 0 else 0):
                 mask[self.spec_ids[s.frames[-2][2]]] = True
             if count > 0:
                 mask[self.kind_masks[CLOSE]] = True
         elif s.expect is not None:
-            mask = self.delim_mask.clone()  # a delimiter always lowers the cost
+            mask = self.delim_mask.copy()  # a delimiter always lowers the cost
         else:
             # (kind, change of the closing cost); a kind is allowed when the change fits the slack
             if arg:
@@ -382,6 +380,7 @@ class LatexConstraint:
                 mask[self.sup_ids] = False
             if scripts & SUB:
                 mask[self.sub_ids] = False
+        mask.flags.writeable = False  # shared by every hypothesis in this parse state
         self._masks[key] = mask
         return mask
 
@@ -399,6 +398,11 @@ class LatexConstraint:
     def _repeated(self, recent: tuple) -> int | None:
         """The token that would continue a decoding loop at the end of ``recent`` (shortest period first)."""
         n = len(recent)
+        shortest = max(self.loop_span, self.min_repeats)  # the span of period 1
+        # Checked first, as this runs for every hypothesis at every step: a stretch with period p has at most p
+        # distinct tokens.
+        if n < shortest or len(set(recent[n - shortest :])) > self.max_period:
+            return None
         for p in range(1, self.max_period + 1):
             span = max(self.loop_span, self.min_repeats * p)
             if n < span or recent[-1] != recent[-1 - p]:
@@ -407,14 +411,16 @@ class LatexConstraint:
                 return recent[-p]
         return None
 
-    def mask(self, states: Sequence[ParseState], remaining: int) -> torch.Tensor:
-        """Allowed tokens (N, V) for N hypotheses with ``remaining`` tokens left (``<end>`` included)."""
-        masks = torch.stack([self._mask_for(s, max(-1, min(4, remaining - 1 - s.cost))) for s in states])
-        for row, s in enumerate(states):
+    def mask(self, states: Sequence[ParseState], remaining: int) -> np.ndarray:
+        """Allowed tokens (N, V), a read-only boolean array, for N hypotheses with ``remaining`` tokens left
+        (``<end>`` included)."""
+        rows = [self._mask_for(s, max(-1, min(4, remaining - 1 - s.cost))) for s in states]
+        for i, s in enumerate(states):
             banned = self._repeated(s.recent)
-            if banned is not None and masks[row, banned] and int(masks[row].sum()) > 1:
-                masks[row, banned] = False
-        return masks
+            if banned is not None and rows[i][banned] and rows[i].sum() > 1:
+                rows[i] = rows[i].copy()
+                rows[i][banned] = False
+        return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 
 @lru_cache(maxsize=8)
@@ -473,12 +479,14 @@ def greedy_decode(
     atts: list[list[torch.Tensor]] = [[] for _ in range(b)]
     for t in range(max_len):
         logits, state, att = model.step(tokens, state)
-        logp = logits.float().log_softmax(-1)
-        scores = logp
-        if constraint:
-            scores = logp.masked_fill(~constraint.mask(parse, max_len - t).to(logp.device), float("-inf"))
+        # The choice is made in numpy: on a few hundred logits per row, per-call overhead is what costs, and
+        # numpy's is lower than torch's. argmax of the allowed logits is argmax of their log-probabilities, and
+        # only the chosen token's log-probability is needed: logit - logsumexp.
+        x = logits.detach().float().cpu().numpy()
+        scores = np.where(constraint.mask(parse, max_len - t), x, -np.inf) if constraint else x
         best = scores.argmax(-1)
-        best_lp = logp.gather(1, best[:, None])[:, 0].tolist()
+        top = x.max(-1)
+        best_lp = (x[np.arange(len(rows)), best] - top - np.log(np.exp(x - top[:, None]).sum(-1))).tolist()
         best_ids = best.tolist()
         att_cpu = att.float().cpu() if return_attention else None
         keep = []
@@ -492,15 +500,14 @@ def greedy_decode(
         if not keep:
             break
         if len(keep) < len(rows):  # drop finished rows from the batch
-            index = torch.tensor(keep, device=images.device)
-            state = model.reorder_state(state, index)
-            best = best[index]
+            state = model.reorder_state(state, torch.tensor(keep, device=images.device))
+            best_ids = [best_ids[r] for r in keep]
             rows = [rows[r] for r in keep]
             if constraint:
                 parse = [parse[r] for r in keep]
         if constraint:
-            parse = [constraint.advance(s, tok) for s, tok in zip(parse, best.tolist(), strict=True)]
-        tokens = best
+            parse = [constraint.advance(s, tok) for s, tok in zip(parse, best_ids, strict=True)]
+        tokens = torch.from_numpy(np.asarray(best_ids, dtype=np.int64)).to(images.device)
     return [
         Hypothesis(
             ids[i], float(sum(lps[i])), lps[i], _attention_maps(atts[i], feature_shape) if atts[i] else None
@@ -546,7 +553,8 @@ def beam_search(
         logp = logits.float().log_softmax(-1)
         scores = logp
         if constraint:
-            scores = logp.masked_fill(~constraint.mask(parse, max_len - t).to(device), float("-inf"))
+            allowed = torch.tensor(constraint.mask(parse, max_len - t), device=device)
+            scores = logp.masked_fill(~allowed, float("-inf"))
         v = scores.shape[-1]
         total = (cum.view(-1, 1) + scores).view(len(active), k * v)
         top_scores, top_idx = total.topk(min(2 * k, k * v), dim=1)

@@ -482,7 +482,8 @@ class OnnxModel:
     def step(self, tokens: torch.Tensor, state: OnnxState) -> tuple[torch.Tensor, OnnxState, torch.Tensor]:
         """Feed one token per row: (logits (B, V), new state, attention (B, S))."""
         feeds = dict(zip(self.in_names, state.leaves, strict=True))
-        feeds["tokens"] = tokens.detach().cpu().numpy().astype(np.int64)
+        # np.asarray copies nothing when the tokens are int64 already (astype always copied).
+        feeds["tokens"] = np.asarray(tokens.detach().cpu().numpy(), dtype=np.int64)
         logits, attention, *changed = self.decoder.run(self.out_names, feeds)
         leaves = list(state.leaves)
         for k, value in zip(self.changing, changed, strict=True):
