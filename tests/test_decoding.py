@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +187,34 @@ def test_constraint_rules(vocab):
     assert "]" in allowed_after(c, vocab, r"\sqrt [ 3")
     assert "<end>" not in allowed_after(c, vocab, r"\sqrt [ 3 ]")
     assert "<end>" in allowed_after(c, vocab, r"\sqrt [ 3 ] { x }")
+
+
+def compiles(formula: str, folder: Path) -> bool:
+    """Whether LaTeX (amsmath) typesets ``$formula$`` without an error."""
+    doc = (
+        r"\documentclass{article}\usepackage{amsmath,amssymb}\begin{document}$" + formula + r"$\end{document}"
+    )
+    (folder / "t.tex").write_text(doc + "\n", encoding="utf-8")
+    run = ["latex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"]
+    return subprocess.run(run, cwd=folder, capture_output=True, timeout=60).returncode == 0
+
+
+def test_a_macros_unbraced_argument_is_one_symbol(tmp_path):
+    """`\\frac{a}\\mathrm{b}` is a TeX error (the command takes the macro's closing brace); a script reads a math
+    field, where `x^\\frac12` is fine but `x^\\left(` is not. What the constraint allows there, TeX accepts."""
+    v = Vocab(TOKENS + r"\mathrm".split())
+    c = LatexConstraint(v.itos)
+    after_macro = allowed_after(c, v, r"\frac { x }")
+    assert {"{", "y", r"\alpha"} <= after_macro
+    assert {r"\mathrm", r"\frac", r"\sqrt", r"\hat", r"\left"}.isdisjoint(after_macro)
+    after_script = allowed_after(c, v, "x ^")
+    assert {"{", "2", r"\frac", r"\mathrm"} <= after_script and r"\left" not in after_script
+    if not shutil.which("latex"):
+        pytest.skip("TeX Live is not installed")
+    for formula in (r"\frac{a}b", r"x^\frac12", r"x^\mathrm{T}", r"{a}\mathbin\mathrm{b}c"):
+        assert compiles(formula, tmp_path), formula
+    for formula in (r"\frac{a}\mathrm{b}", r"\frac{a}\sqrt{b}", r"x^\left(a\right)"):
+        assert not compiles(formula, tmp_path), formula
 
 
 def test_a_base_takes_one_superscript_and_one_subscript(vocab):

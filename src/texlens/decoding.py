@@ -68,6 +68,11 @@ EXTRA_ARITY = {
     **dict.fromkeys(r"\textcolor \raisebox \setlength \sideset".split(), 2),
 }
 SCRIPT_TOKENS = ("^", "_", r"\sp", r"\sb")
+# Commands whose one argument is a math field, as a script's is: TeX expands macros while looking for it.
+FIELD_COMMANDS = (
+    *SCRIPT_TOKENS,
+    *r"\mathop \mathbin \mathrel \mathord \mathopen \mathclose \mathpunct \mathinner".split(),
+)
 OPTIONAL_ARG = frozenset(
     (r"\sqrt", r"\xrightarrow", r"\xleftarrow")
 )  # may take "[ ... ]" before the argument
@@ -99,6 +104,7 @@ N_KINDS = 20
 CMDS = {1: CMD1, 2: CMD2, 3: CMD3}
 IN_OPTIONAL_BANNED = (LBRACK, LEFT, LEFT_DELIM, BEGIN, BEGIN_SPEC)
 SUP, SUB = 1, 2  # ParseState.scripts bits
+FIELD_ARG = -1  # ParseState.need entry of a command that reads one math field (a script, \mathbin, ...)
 SCRIPT_BITS = {"^": SUP, r"\sp": SUP, "_": SUB, r"\sb": SUB}
 
 
@@ -109,7 +115,8 @@ class ParseState(NamedTuple):
     saved outside, extra)`` with kind ``"{"``, ``"left"``, ``"env"``, ``"spec"`` (an environment's
     ``{ cols }``) or ``"["``; ``extra`` is ``(tabs allowed per row, tabs in this row)`` for ``"env"``, ``(tokens,
     column letters)`` so far for ``"spec"``, else 0; ``need``: arguments still owed by the
-    commands waiting at this level (innermost last); ``expect``: ``"left"``/``"right"`` when a delimiter must
+    commands waiting at this level (innermost last; ``FIELD_ARG`` for the one math field of a script or
+    ``\\mathbin``-like command); ``expect``: ``"left"``/``"right"`` when a delimiter must
     follow, ``"spec"`` when an environment's ``{`` must; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
     close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
     (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript").
@@ -126,7 +133,7 @@ class ParseState(NamedTuple):
 
 def _need_cost(need: tuple) -> int:
     """Fewest tokens that complete every waiting command (an inner command is itself the outer's argument)."""
-    return need[-1] + sum(n - 1 for n in need[:-1]) if need else 0
+    return abs(need[-1]) + sum(abs(n) - 1 for n in need[:-1]) if need else 0
 
 
 def _after_atom(need: tuple) -> int:
@@ -227,6 +234,7 @@ class LatexConstraint:
                     if env not in SPEC_TOKENS:
                         self.column_envs.add(index[tok])
         self.column_ids = frozenset(index[t] for t in COLUMN_LETTERS if t in index)
+        self.field_ids = frozenset(index[t] for t in FIELD_COMMANDS if t in index)
         self.delim_mask = delim
         self._masks: dict[tuple, np.ndarray] = {}  # numpy, not torch: a decoding step reads one per row
 
@@ -299,7 +307,10 @@ class LatexConstraint:
         elif kind == LEFT_DELIM:
             frames, need, scripts = (*frames, ("left", need, -1, s.scripts, 0)), (), 0
         elif kind in (SCRIPT, CMD1, CMD2, CMD3, OPT1):
-            need, opt = (*need, int(self.arity[token]) or 1), kind == OPT1
+            need, opt = (
+                (*need, FIELD_ARG if token in self.field_ids else int(self.arity[token]) or 1),
+                kind == OPT1,
+            )
         elif kind in (BEGIN, BEGIN_SPEC):
             end = int(self.end_of[token])
             frames = (*frames, ("env", need, end, s.scripts, (self.row_tabs.get(end, UNLIMITED), 0)))
@@ -330,7 +341,7 @@ class LatexConstraint:
             extra = (s.frames[-2][2], min(count, 2), count >= MAX_SPEC)
         else:
             extra = None
-        key = (arg, s.expect, top, end_id, s.opt, slack, in_optional, scripts, extra)
+        key = (arg and s.need[-1], s.expect, top, end_id, s.opt, slack, in_optional, scripts, extra)
         mask = self._masks.get(key)
         if mask is not None:
             return mask
@@ -349,8 +360,13 @@ class LatexConstraint:
         else:
             # (kind, change of the closing cost); a kind is allowed when the change fits the slack
             if arg:
-                moves = [(ATOM, -1), (OPEN, 0), (CMD1, 0), (CMD2, 1), (CMD3, 2), (OPT1, 0), (LEFT, 2)]
-                moves += [(LEFT_DELIM, 1), (LBRACK, 1 if s.opt and self.has_rbrack else -1)]
+                # A macro's unbraced argument is one symbol: a command there takes the macro's closing brace as
+                # its own argument (`\frac{a}\sqrt{b}`: "Missing { inserted"). A script (or \mathbin and the
+                # like) reads a math field, where TeX expands macros first, so `x^\frac12` and `x^\mathrm{T}`
+                # are fine; `x^\left(` is not.
+                moves = [(ATOM, -1), (OPEN, 0), (LBRACK, 1 if s.opt and self.has_rbrack else -1)]
+                if s.need[-1] == FIELD_ARG:
+                    moves += [(CMD1, 0), (CMD2, 1), (CMD3, 2), (OPT1, 0)]
                 if top != "[":
                     moves.append((RBRACK, -1))
             else:
