@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -215,6 +216,39 @@ def test_a_macros_unbraced_argument_is_one_symbol(tmp_path):
         assert compiles(formula, tmp_path), formula
     for formula in (r"\frac{a}\mathrm{b}", r"\frac{a}\sqrt{b}", r"x^\left(a\right)"):
         assert not compiles(formula, tmp_path), formula
+
+
+def test_hspace_takes_a_dimension(tmp_path):
+    """`\\hspace{0.5m}` is "Illegal unit of measure": the argument is [-] digits [. digits] [true] unit; random
+    walks under the constraint, with any length budget, write nothing else and always close."""
+    v = Vocab(TOKENS + list("-.*abcdefimnprstux0456789") + [r"\hspace"])
+    c = LatexConstraint(v.itos)
+    assert allowed_after(c, v, r"\hspace") == {"{", "*"}
+    assert allowed_after(c, v, r"\hspace {") == {"-", ".", *"0123456789"}
+    assert "}" not in allowed_after(c, v, r"\hspace { 1") and "p" in allowed_after(c, v, r"\hspace { 1")
+    assert allowed_after(c, v, r"\hspace { 1 . 5 p") == {"t", "c"}
+    assert allowed_after(c, v, r"\hspace * { 2 e x") == {"}"}
+    assert allowed_after(c, v, r"\hspace { . 5 t r u e") >= {"c", "m", "i", "p"}
+    dimension = re.compile(
+        r"\\hspace (\* )?\{ (- )?([0-9] )*(\. )?([0-9] )*(t r u e )?(p t|p c|c m|c c|m m|i n|e m|e x|b p|d d|s p) \}"
+    )
+    rng = random.Random(0)
+    for budget in [7, 8, 9, 12, 20] * 20:
+        state, ids = c.initial(), []
+        for token in v.encode(r"\hspace", add_special=False):
+            state, ids = c.advance(state, token), [*ids, token]
+        while not ids or ids[-1] != v.end_id:
+            allowed = np.flatnonzero(c.mask([state], budget - len(ids))[0]).tolist()
+            assert allowed, v.decode(ids)
+            token = rng.choice(allowed)
+            state, ids = c.advance(state, token), [*ids, token]
+        assert len(ids) <= budget
+        text = " ".join(v.itos[i] for i in ids[:-1])
+        assert dimension.match(text), text
+    if not shutil.which("latex"):
+        pytest.skip("TeX Live is not installed")
+    assert compiles(r"x\hspace{.5truecm}y\hspace*{-1.25em}z", tmp_path)
+    assert not compiles(r"x\hspace{0.5m}y", tmp_path) and not compiles(r"x\hspace{1.}y", tmp_path)
 
 
 def test_a_base_takes_one_superscript_and_one_subscript(vocab):

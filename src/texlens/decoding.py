@@ -91,6 +91,32 @@ ROW_TABS = {
     "eqnarray": 2,
 }
 UNLIMITED = 1_000_000
+# `\hspace{ dimen }`: [-] digits [. digits] [true] unit, TeX's "Illegal unit of measure" otherwise. A small automaton
+# over single-character tokens: phase -> [(characters, next phase)]; DIM_COST[phase] = fewest tokens to "}" included.
+DIM_COMMANDS = (r"\hspace", r"\vspace", r"\hspace*", r"\vspace*")
+DIM_UNITS = {"p": "tc", "c": "mc", "m": "m", "i": "n", "e": "mx", "b": "p", "d": "d", "s": "p"}
+DIGITS = "0123456789"
+DIM_START, DIM_SIGN, DIM_INT, DIM_DOT, DIM_FRAC, DIM_T, DIM_TR, DIM_TRU, DIM_TRUE, DIM_DONE = range(10)
+DIM_UNIT = 10  # + index of the unit's first letter in DIM_UNITS
+DIM_RULES: dict[int, list[tuple[str, int]]] = {
+    DIM_START: [("-", DIM_SIGN), (DIGITS, DIM_INT), (".", DIM_DOT)],
+    DIM_SIGN: [(DIGITS, DIM_INT), (".", DIM_DOT)],
+    DIM_INT: [(DIGITS, DIM_INT), (".", DIM_FRAC), ("t", DIM_T)],
+    DIM_DOT: [(DIGITS, DIM_FRAC)],
+    DIM_FRAC: [(DIGITS, DIM_FRAC), ("t", DIM_T)],
+    DIM_T: [("r", DIM_TR)],
+    DIM_TR: [("u", DIM_TRU)],
+    DIM_TRU: [("e", DIM_TRUE)],
+    DIM_TRUE: [],
+    DIM_DONE: [],
+}
+for _phase in (DIM_INT, DIM_FRAC, DIM_TRUE):
+    DIM_RULES[_phase] += [(first, DIM_UNIT + k) for k, first in enumerate(DIM_UNITS)]
+for _k, _second in enumerate(DIM_UNITS.values()):
+    DIM_RULES[DIM_UNIT + _k] = [(_second, DIM_DONE)]
+DIM_COST = {DIM_START: 4, DIM_SIGN: 4, DIM_INT: 3, DIM_DOT: 4, DIM_FRAC: 3, DIM_T: 6, DIM_TR: 5, DIM_TRU: 4}
+DIM_COST |= {DIM_TRUE: 3, DIM_DONE: 1} | {DIM_UNIT + k: 2 for k in range(len(DIM_UNITS))}
+MAX_DELTA = 5  # the most one token adds to the closing cost (\hspace); larger slacks allow the same moves
 DELIMITERS = frozenset(
     r"( ) [ ] \{ \} | \| . / < > \langle \rangle \lfloor \rfloor \lceil \rceil \vert \Vert \lvert \rvert"
     r" \lVert \rVert \uparrow \downarrow \updownarrow \Uparrow \Downarrow \Updownarrow \backslash \lbrace"
@@ -113,11 +139,12 @@ class ParseState(NamedTuple):
 
     ``frames``: open groups, innermost last, each ``(kind, need saved outside, id of the closing token, scripts
     saved outside, extra)`` with kind ``"{"``, ``"left"``, ``"env"``, ``"spec"`` (an environment's
-    ``{ cols }``) or ``"["``; ``extra`` is ``(tabs allowed per row, tabs in this row)`` for ``"env"``, ``(tokens,
+    ``{ cols }``), ``"dim"`` (``\\hspace``'s dimension, ``extra`` its ``DIM_RULES`` phase) or ``"["``; ``extra`` is ``(tabs allowed per row, tabs in this row)`` for ``"env"``, ``(tokens,
     column letters)`` so far for ``"spec"``, else 0; ``need``: arguments still owed by the
     commands waiting at this level (innermost last; ``FIELD_ARG`` for the one math field of a script or
     ``\\mathbin``-like command); ``expect``: ``"left"``/``"right"`` when a delimiter must
-    follow, ``"spec"`` when an environment's ``{`` must; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
+    follow, ``"spec"`` when an environment's ``{`` must, ``"dim"`` after ``\\hspace`` (``*`` or ``{`` next) and
+    ``"dim{"`` after ``\\hspace *``; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
     close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
     (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript").
     """
@@ -161,6 +188,8 @@ def _state(
         cost += 1 + _after_atom(need)
     elif expect == "spec":
         cost += 3  # "{", a column, "}"
+    elif expect in ("dim", "dim{"):
+        cost += 4 + _need_cost(need)  # "{ 1 p t }" instead of the one argument need counts
     else:
         cost += _need_cost(need)
     for kind, saved, _, _, extra in frames:
@@ -168,6 +197,8 @@ def _state(
             cost += 1 + _need_cost(saved)  # "]" and then the command's argument
         elif kind == "spec":
             cost += 1 + (extra[0] == 0)  # a column if none yet, and "}"
+        elif kind == "dim":
+            cost += DIM_COST[extra] + _after_atom(saved)
         else:
             cost += (2 if kind == "left" else 1) + _after_atom(saved)
     return ParseState(frames, need, expect, opt, recent, cost, scripts)
@@ -235,6 +266,15 @@ class LatexConstraint:
                         self.column_envs.add(index[tok])
         self.column_ids = frozenset(index[t] for t in COLUMN_LETTERS if t in index)
         self.field_ids = frozenset(index[t] for t in FIELD_COMMANDS if t in index)
+        # Dimensions are checked when the vocabulary can spell every one of them.
+        letters = set(DIGITS + "-.true" + "".join(DIM_UNITS) + "".join(DIM_UNITS.values()))
+        spelled = letters <= index.keys()
+        self.star = index.get("*", -1)
+        self.dim_ids = frozenset(index[t] for t in DIM_COMMANDS if t in index and spelled)
+        self.dim_next = {  # phase -> {token: next phase}
+            phase: {index[c]: nxt for chars, nxt in rules for c in chars}
+            for phase, rules in (DIM_RULES.items() if spelled else ())
+        }
         self.delim_mask = delim
         self._masks: dict[tuple, np.ndarray] = {}  # numpy, not torch: a decoding step reads one per row
 
@@ -281,6 +321,12 @@ class LatexConstraint:
             scripts = s.scripts | self.script_bit[token]
         if s.expect == "spec":
             frames = (*frames, ("spec", (), -1, 0, (0, 0)))
+        elif s.expect == "dim" and token == self.star:  # \hspace * { ... }
+            expect = "dim{"
+        elif s.expect in ("dim", "dim{"):  # the "{" of \hspace's dimension
+            frames, need, scripts = (*frames, ("dim", need, -1, s.scripts, DIM_START)), (), 0
+        elif top == "dim" and kind != CLOSE:
+            frames = (*frames[:-1], (*frames[-1][:4], self.dim_next[frames[-1][4]][token]))
         elif top == "spec" and kind != CLOSE:
             count, columns = frames[-1][4]
             frames = (*frames[:-1], (*frames[-1][:4], (count + 1, columns + (token in self.column_ids))))
@@ -311,6 +357,7 @@ class LatexConstraint:
                 (*need, FIELD_ARG if token in self.field_ids else int(self.arity[token]) or 1),
                 kind == OPT1,
             )
+            expect = "dim" if token in self.dim_ids else None
         elif kind in (BEGIN, BEGIN_SPEC):
             end = int(self.end_of[token])
             frames = (*frames, ("env", need, end, s.scripts, (self.row_tabs.get(end, UNLIMITED), 0)))
@@ -339,15 +386,26 @@ class LatexConstraint:
         elif top == "spec":
             count = s.frames[-1][4][0]
             extra = (s.frames[-2][2], min(count, 2), count >= MAX_SPEC)
+        elif top == "dim":
+            extra = s.frames[-1][4]
         else:
             extra = None
         key = (arg and s.need[-1], s.expect, top, end_id, s.opt, slack, in_optional, scripts, extra)
         mask = self._masks.get(key)
         if mask is not None:
             return mask
-        if s.expect == "spec":
+        if s.expect in ("spec", "dim", "dim{"):
             mask = np.zeros(len(self.tokens), dtype=bool)
             mask[self.open_id] = True
+            if s.expect == "dim" and self.star >= 0 and slack >= 0:  # "*" leaves the cost as it is
+                mask[self.star] = True
+        elif top == "dim":  # the next character of the dimension, then "}"
+            mask = np.zeros(len(self.tokens), dtype=bool)
+            phase = s.frames[-1][4]
+            for token, nxt in self.dim_next[phase].items():
+                mask[token] = DIM_COST[nxt] - DIM_COST[phase] <= slack
+            if phase == DIM_DONE:
+                mask[self.kind_masks[CLOSE]] = True
         elif top == "spec":  # column letters (at most MAX_SPEC), then "}"
             mask = np.zeros(len(self.tokens), dtype=bool)
             count = s.frames[-1][4][0]
@@ -392,6 +450,8 @@ class LatexConstraint:
                 mask[end_id] = True
                 if extra and self.amp >= 0:  # this row has all the "&" the environment takes
                     mask[self.amp] = False
+            if slack < DIM_COST[DIM_START] + 1 and self.dim_ids:  # "\\hspace { 1 p t }" is 5 tokens, not 2
+                mask[list(self.dim_ids)] = False
             if scripts & SUP:
                 mask[self.sup_ids] = False
             if scripts & SUB:
@@ -430,7 +490,7 @@ class LatexConstraint:
     def mask(self, states: Sequence[ParseState], remaining: int) -> np.ndarray:
         """Allowed tokens (N, V), a read-only boolean array, for N hypotheses with ``remaining`` tokens left
         (``<end>`` included)."""
-        rows = [self._mask_for(s, max(-1, min(4, remaining - 1 - s.cost))) for s in states]
+        rows = [self._mask_for(s, max(-1, min(MAX_DELTA, remaining - 1 - s.cost))) for s in states]
         for i, s in enumerate(states):
             banned = self._repeated(s.recent)
             if banned is not None and rows[i][banned] and rows[i].sum() > 1:
