@@ -229,6 +229,7 @@ def test_hspace_takes_a_dimension(tmp_path):
     assert allowed_after(c, v, r"\hspace { 1 . 5 p") == {"t", "c"}
     assert allowed_after(c, v, r"\hspace * { 2 e x") == {"}"}
     assert allowed_after(c, v, r"\hspace { . 5 t r u e") >= {"c", "m", "i", "p"}
+    assert r"\hspace" not in allowed_after(c, v, "x ^")  # no math field: `x^\hspace{1cm}` is "Missing {"
     dimension = re.compile(
         r"\\hspace (\* )?\{ (- )?([0-9] )*(\. )?([0-9] )*(t r u e )?(p t|p c|c m|c c|m m|i n|e m|e x|b p|d d|s p) \}"
     )
@@ -249,6 +250,7 @@ def test_hspace_takes_a_dimension(tmp_path):
         pytest.skip("TeX Live is not installed")
     assert compiles(r"x\hspace{.5truecm}y\hspace*{-1.25em}z", tmp_path)
     assert not compiles(r"x\hspace{0.5m}y", tmp_path) and not compiles(r"x\hspace{1.}y", tmp_path)
+    assert not compiles(r"x^\hspace{1cm}", tmp_path)
 
 
 def test_a_base_takes_one_superscript_and_one_subscript(vocab):

@@ -114,9 +114,13 @@ for _phase in (DIM_INT, DIM_FRAC, DIM_TRUE):
     DIM_RULES[_phase] += [(first, DIM_UNIT + k) for k, first in enumerate(DIM_UNITS)]
 for _k, _second in enumerate(DIM_UNITS.values()):
     DIM_RULES[DIM_UNIT + _k] = [(_second, DIM_DONE)]
-DIM_COST = {DIM_START: 4, DIM_SIGN: 4, DIM_INT: 3, DIM_DOT: 4, DIM_FRAC: 3, DIM_T: 6, DIM_TR: 5, DIM_TRU: 4}
-DIM_COST |= {DIM_TRUE: 3, DIM_DONE: 1} | {DIM_UNIT + k: 2 for k in range(len(DIM_UNITS))}
-MAX_DELTA = 5  # the most one token adds to the closing cost (\hspace); larger slacks allow the same moves
+DIM_COST = {phase: 1 if phase == DIM_DONE else UNLIMITED for phase in DIM_RULES}  # shortest path to "}"
+for _ in DIM_RULES:
+    for _phase, _rules in DIM_RULES.items():
+        DIM_COST[_phase] = min([DIM_COST[_phase], *(1 + DIM_COST[nxt] for _, nxt in _rules)])
+# The most one token adds to the closing cost: \hspace, whose "{ 1 p t }" replaces one argument. Larger slacks
+# allow the same moves.
+MAX_DELTA = DIM_COST[DIM_START] + 1
 DELIMITERS = frozenset(
     r"( ) [ ] \{ \} | \| . / < > \langle \rangle \lfloor \rfloor \lceil \rceil \vert \Vert \lvert \rvert"
     r" \lVert \rVert \uparrow \downarrow \updownarrow \Uparrow \Downarrow \Updownarrow \backslash \lbrace"
@@ -126,7 +130,8 @@ DELIMITERS = frozenset(
 # Token kinds.
 ATOM, SEP, OPEN, CLOSE, SCRIPT, CMD1, CMD2, CMD3, OPT1 = range(9)
 LEFT, RIGHT, LEFT_DELIM, RIGHT_DELIM, BEGIN, BEGIN_SPEC, END, LBRACK, RBRACK, EOS, FORBIDDEN = range(9, 20)
-N_KINDS = 20
+DIMEN = 20  # \hspace and \vspace when the vocabulary can spell their dimension
+N_KINDS = 21
 CMDS = {1: CMD1, 2: CMD2, 3: CMD3}
 IN_OPTIONAL_BANNED = (LBRACK, LEFT, LEFT_DELIM, BEGIN, BEGIN_SPEC)
 SUP, SUB = 1, 2  # ParseState.scripts bits
@@ -238,12 +243,21 @@ class LatexConstraint:
             if kinds[i] in (BEGIN, BEGIN_SPEC):
                 self.end_of[i] = index[r"\end" + tok[len(r"\begin") :]]
             delim[i] = tok in DELIMITERS
-        self.kinds = kinds.tolist()
         self.has_rbrack = "]" in index
         self.has_delim = bool(delim.any())
         if not self.has_delim:  # \left with nothing to follow it could never close
             kinds[(kinds == LEFT) | (kinds == RIGHT)] = FORBIDDEN
-            self.kinds = kinds.tolist()
+        # Dimensions are checked when the vocabulary can spell every one of them.
+        letters = set(DIGITS + "-.true" + "".join(DIM_UNITS) + "".join(DIM_UNITS.values()))
+        spelled = letters <= index.keys()
+        if spelled:
+            kinds[[index[t] for t in DIM_COMMANDS if t in index]] = DIMEN
+        self.dim_next = {  # phase -> {token: next phase}
+            phase: {index[c]: nxt for chars, nxt in rules for c in chars}
+            for phase, rules in (DIM_RULES.items() if spelled else ())
+        }
+        self.star = index.get("*", -1)
+        self.kinds = kinds.tolist()
         self.kind_masks = np.stack([kinds == k for k in range(N_KINDS)])  # (N_KINDS, V)
         # A base takes one superscript and one subscript; a prime is a superscript too ("x^{2}'" is an error).
         self.script_bit = {index[t]: bit for t, bit in SCRIPT_BITS.items() if t in index}
@@ -266,15 +280,6 @@ class LatexConstraint:
                         self.column_envs.add(index[tok])
         self.column_ids = frozenset(index[t] for t in COLUMN_LETTERS if t in index)
         self.field_ids = frozenset(index[t] for t in FIELD_COMMANDS if t in index)
-        # Dimensions are checked when the vocabulary can spell every one of them.
-        letters = set(DIGITS + "-.true" + "".join(DIM_UNITS) + "".join(DIM_UNITS.values()))
-        spelled = letters <= index.keys()
-        self.star = index.get("*", -1)
-        self.dim_ids = frozenset(index[t] for t in DIM_COMMANDS if t in index and spelled)
-        self.dim_next = {  # phase -> {token: next phase}
-            phase: {index[c]: nxt for chars, nxt in rules for c in chars}
-            for phase, rules in (DIM_RULES.items() if spelled else ())
-        }
         self.delim_mask = delim
         self._masks: dict[tuple, np.ndarray] = {}  # numpy, not torch: a decoding step reads one per row
 
@@ -352,12 +357,12 @@ class LatexConstraint:
             expect = "left"
         elif kind == LEFT_DELIM:
             frames, need, scripts = (*frames, ("left", need, -1, s.scripts, 0)), (), 0
-        elif kind in (SCRIPT, CMD1, CMD2, CMD3, OPT1):
+        elif kind in (SCRIPT, CMD1, CMD2, CMD3, OPT1, DIMEN):
             need, opt = (
                 (*need, FIELD_ARG if token in self.field_ids else int(self.arity[token]) or 1),
                 kind == OPT1,
             )
-            expect = "dim" if token in self.dim_ids else None
+            expect = "dim" if kind == DIMEN else None
         elif kind in (BEGIN, BEGIN_SPEC):
             end = int(self.end_of[token])
             frames = (*frames, ("env", need, end, s.scripts, (self.row_tabs.get(end, UNLIMITED), 0)))
@@ -430,6 +435,7 @@ class LatexConstraint:
             else:
                 moves = [(ATOM, 0), (OPEN, 1), (SCRIPT, 1), (CMD1, 1), (CMD2, 2), (CMD3, 3)]
                 moves += [(OPT1, 1), (LEFT, 3), (LEFT_DELIM, 2), (BEGIN, 1), (BEGIN_SPEC, 4), (LBRACK, 0)]
+                moves.append((DIMEN, MAX_DELTA))  # never an unbraced argument: \hskip is no math field
                 moves.append((RBRACK, -1 if top == "[" else 0))
                 if top == "{":
                     moves.append((CLOSE, -1))
@@ -450,8 +456,6 @@ class LatexConstraint:
                 mask[end_id] = True
                 if extra and self.amp >= 0:  # this row has all the "&" the environment takes
                     mask[self.amp] = False
-            if slack < DIM_COST[DIM_START] + 1 and self.dim_ids:  # "\\hspace { 1 p t }" is 5 tokens, not 2
-                mask[list(self.dim_ids)] = False
             if scripts & SUP:
                 mask[self.sup_ids] = False
             if scripts & SUB:
