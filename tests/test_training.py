@@ -88,6 +88,23 @@ def test_load_config_types_overrides(tmp_path):
         load_config(TINY, ["lr"])
 
 
+def test_each_training_set_can_have_its_own_augmentation_strength():
+    from texlens.training import _augmenters
+
+    cfg = load_config(
+        None,
+        ["augment=0.5", "train=[a, {path: b, augment: 0}, {path: c, augment: 1.0}, {path: d, augment: 0.5}]"],
+    )
+    assert [spec.augment for spec in cfg.train] == [None, 0.0, 1.0, 0.5]
+    a, b, c, d = _augmenters(cfg)
+    assert b is None  # 0 switches it off for that set only
+    assert a is d and a.strength == 0.5 and a.seed == cfg.seed  # the config's strength: one stream, the run's seed
+    assert c.strength == 1.0 and c.seed != a.seed
+    assert all(x is None for x in _augmenters(load_config(None, ["augment=0", "train=[a, b]"])))
+    with pytest.raises(ValueError, match="augment must be >= 0"):
+        _augmenters(load_config(None, ["train=[{path: a, augment: -1}]"]))
+
+
 def test_every_config_in_the_repo_loads():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg = load_config(path)

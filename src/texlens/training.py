@@ -67,6 +67,7 @@ class DatasetSpec:
     weight: float = 1.0
     limit: int | None = None  # use only the first N samples (quick runs, tests)
     name: str | None = None  # shown in logs; default: the folder name
+    augment: float | None = None  # training sets: own augmentation strength; default: the config's ``augment``
 
 
 @dataclass
@@ -286,12 +287,33 @@ def _preprocess_config(cfg: TrainConfig) -> Any:
     return PreprocessConfig(**cfg.preprocess)
 
 
-def _val_subset(samples: list[Any], count: int, seed: int) -> list[Any]:
-    """A fixed random subset, the same at every validation and after resuming."""
+def _val_subset(samples: list[Any], count: int, seed: int = 0) -> list[Any]:
+    """A fixed random subset, the same at every validation, after resuming and whatever the training seed (so
+    runs that differ only in their seed validate on the same images)."""
     if len(samples) <= count:
         return samples
     keep = np.sort(np.random.default_rng(seed).permutation(len(samples))[:count])
     return [samples[i] for i in keep]
+
+
+def _augmenters(cfg: TrainConfig) -> list[Any]:
+    """One augmentation per training set: sets of the same strength share one (so one random stream), a set's
+    own ``augment`` overrides the config's (e.g. stronger for the few handwritten formulas), 0 is none."""
+    from texlens.data.augment import build_augment
+
+    by_strength: dict[float, Any] = {}
+    out = []
+    for spec in cfg.train:
+        strength = float(cfg.augment if spec.augment is None else spec.augment)
+        if strength < 0:
+            raise ValueError(f"augment must be >= 0, got {strength} for {spec.path}")
+        if strength > 0 and strength not in by_strength:
+            # The config's strength keeps the run's seed; each other strength gets its own stream. Every
+            # augmenter re-seeds itself in each DataLoader worker and DDP process.
+            seed = cfg.seed if strength == cfg.augment else cfg.seed * 1009 + len(by_strength) + 1
+            by_strength[strength] = build_augment(strength, seed=seed)
+        out.append(by_strength.get(strength))
+    return out
 
 
 class FormulaDataModule(pl.LightningDataModule):
@@ -303,13 +325,10 @@ class FormulaDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg, self.vocab = cfg, vocab
         pre = _preprocess_config(cfg)
-        augment = None
-        if cfg.augment > 0:
-            from texlens.data.augment import build_augment
-
-            # One generator; the augmenter re-seeds itself in each DataLoader worker and DDP process.
-            augment = build_augment(cfg.augment, seed=cfg.seed)
-        self.train_sets = [FormulaDataset(s, vocab, pre, augment, cfg.max_tokens) for s in train_samples]
+        self.train_sets = [
+            FormulaDataset(s, vocab, pre, augment, cfg.max_tokens)
+            for s, augment in zip(train_samples, _augmenters(cfg), strict=True)
+        ]
         self.val_sets = [FormulaDataset(s, vocab, pre, None, cfg.max_tokens) for s in val_samples]
         self.val_names = [_spec_name(s) for s in cfg.val]
         self._train_sizes: list[tuple[int, int]] | None = None
@@ -689,7 +708,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     train_samples = [_read_spec(spec) for spec in cfg.train]
-    val_samples = [_val_subset(_read_spec(spec), cfg.val_samples, cfg.seed) for spec in cfg.val]
+    val_samples = [_val_subset(_read_spec(spec), cfg.val_samples) for spec in cfg.val]
     initial = None
     if resume:
         vocab = Vocab.load(out / VOCAB_FILE)  # the run's own vocabulary: ids must not move
