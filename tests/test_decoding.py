@@ -218,6 +218,38 @@ def test_a_macros_unbraced_argument_is_one_symbol(tmp_path):
         assert not compiles(formula, tmp_path), formula
 
 
+def test_a_script_takes_unbraced_only_what_tex_reads_as_a_field():
+    """`x_\\cdots` is "Missing { inserted" (`\\cdots` is `\\mathinner{...}`), `x_\\sum` is "Limit controls must
+    follow a math operator": over the bundled vocabulary, every command the constraint lets a script take unbraced
+    compiles there, and every one it refuses compiles braced but not unbraced."""
+    from texlens.data.render import render_many_pixels
+    from texlens.decoding import EXTRA_ARITY, NOT_A_FIELD
+    from texlens.latex import ARITY
+
+    v = Vocab.load(Path(__file__).resolve().parents[1] / "src/texlens/weights/default/vocab.json")
+    c = LatexConstraint(v.itos)
+    after = allowed_after(c, v, "x _")
+    assert {r"\frac", r"\mathrm", r"\alpha", "{"} <= after
+    assert after.isdisjoint({r"\cdots", r"\sum", r"\sqrt", r"\bar", r"\left"})
+    assert r"\cdots" not in allowed_after(c, v, "x ^") and r"\cdots" in allowed_after(c, v, "x ^ {")
+    if not shutil.which("latex"):
+        pytest.skip("TeX Live is not installed")
+
+    def call(command: str) -> str:
+        return command + "{a}" * (ARITY.get(command, 0) or EXTRA_ARITY.get(command, 0))
+
+    allowed = sorted(t for t in after if t[:1] == "\\" and t[1:2].isalpha())
+    refused = sorted(t for t in NOT_A_FIELD if t in v)
+    assert len(allowed) > 50 and len(refused) > 50
+    commands = allowed + refused
+    images = render_many_pixels([f"x_{call(t)} y" for t in commands] + [f"x_{{{call(t)}}} y" for t in commands])
+    unbraced = dict(zip(commands, images[: len(commands)], strict=True))
+    braced = dict(zip(commands, images[len(commands) :], strict=True))
+    # (Commands that fail braced too, as `\\big{a}`, fail for their own arguments: not this rule's business.)
+    assert [t for t in allowed if unbraced[t] is None and braced[t] is not None] == []
+    assert [t for t in refused if unbraced[t] is not None or braced[t] is None] == []
+
+
 def test_hspace_takes_a_dimension(tmp_path):
     """`\\hspace{0.5m}` is "Illegal unit of measure": the argument is [-] digits [. digits] [true] unit; random
     walks under the constraint, with any length budget, write nothing else and always close."""

@@ -73,6 +73,20 @@ FIELD_COMMANDS = (
     *SCRIPT_TOKENS,
     *r"\mathop \mathbin \mathrel \mathord \mathopen \mathclose \mathpunct \mathinner".split(),
 )
+# Commands a math field cannot take unbraced: their expansion (LaTeX + amsmath) starts with neither "{" nor a
+# character or math character (`\cdots` is `\mathinner{...}`, `\sqrt` looks ahead for "[", `\bar` is a
+# \mathaccent, `\sum` takes \limits), so `x_\cdots` is "Missing { inserted" while `x_{\cdots}` is fine. Found by
+# rendering `x_\cmd y` and `x_{\cmd} y` for every command of the vocabulary; tests/test_decoding.py re-checks it.
+NOT_A_FIELD = frozenset(
+    r"""\AA \Longrightarrow \O \Perp \acute \arccos \arcsin \atop \bar \bf \bigcap \bigcup \bigodot \bigoplus
+    \bigotimes \bigsqcup \bigvee \bigwedge \binom \bmod \boldmath \boldsymbol \breve \cal \cdots \check \colon
+    \cong \cos \coprod \ddot \displaystyle \dot \doteq \dots \fbox \footnotesize \hat \hfill \hphantom \int \it
+    \l \label \ldots \lg \lim \ln \log \longrightarrow \makebox \mathbin \max \min \mit \nonumber \notin \o
+    \oint \operatorname \operatorname* \overbrace \overline \overrightarrow \phantom \prod \qquad \quad
+    \scriptscriptstyle \scriptsize \scriptstyle \sf \sin \sl \small \smallskip \smash \sqrt \stackrel \sum \tan
+    \textstyle \thicklines \tilde \tiny \tt \underbrace \underline \underset \vdots \vec \vphantom \widehat
+    \widetilde""".split()
+)
 OPTIONAL_ARG = frozenset(
     (r"\sqrt", r"\xrightarrow", r"\xleftarrow")
 )  # may take "[ ... ]" before the argument
@@ -280,6 +294,7 @@ class LatexConstraint:
                         self.column_envs.add(index[tok])
         self.column_ids = frozenset(index[t] for t in COLUMN_LETTERS if t in index)
         self.field_ids = frozenset(index[t] for t in FIELD_COMMANDS if t in index)
+        self.not_field_ids = np.array(sorted(index[t] for t in NOT_A_FIELD if t in index), dtype=np.int64)
         self.delim_mask = delim
         self._masks: dict[tuple, np.ndarray] = {}  # numpy, not torch: a decoding step reads one per row
 
@@ -456,6 +471,8 @@ class LatexConstraint:
                 mask[end_id] = True
                 if extra and self.amp >= 0:  # this row has all the "&" the environment takes
                     mask[self.amp] = False
+            if arg and s.need[-1] == FIELD_ARG:
+                mask[self.not_field_ids] = False
             if scripts & SUP:
                 mask[self.sup_ids] = False
             if scripts & SUB:
