@@ -398,6 +398,7 @@ class LatexConstraint:
         """Allowed tokens (V,) for state ``s`` when a move may add at most ``slack`` to the closing cost."""
         top, end_id = (s.frames[-1][0], s.frames[-1][2]) if s.frames else (None, -1)
         arg = bool(s.need)
+        field = arg and s.need[-1] == FIELD_ARG  # the argument is a math field (a script's, \mathbin's, ...)
         in_optional = any(f[0] == "[" for f in s.frames)
         scripts = 0 if arg or s.expect is not None else s.scripts
         if top == "env":
@@ -443,7 +444,7 @@ class LatexConstraint:
                 # like) reads a math field, where TeX expands macros first, so `x^\frac12` and `x^\mathrm{T}`
                 # are fine; `x^\left(` is not.
                 moves = [(ATOM, -1), (OPEN, 0), (LBRACK, 1 if s.opt and self.has_rbrack else -1)]
-                if s.need[-1] == FIELD_ARG:
+                if field:
                     moves += [(CMD1, 0), (CMD2, 1), (CMD3, 2), (OPT1, 0)]
                 if top != "[":
                     moves.append((RBRACK, -1))
@@ -471,7 +472,7 @@ class LatexConstraint:
                 mask[end_id] = True
                 if extra and self.amp >= 0:  # this row has all the "&" the environment takes
                     mask[self.amp] = False
-            if arg and s.need[-1] == FIELD_ARG:
+            if field:  # ... but not a command TeX cannot start a field with
                 mask[self.not_field_ids] = False
             if scripts & SUP:
                 mask[self.sup_ids] = False

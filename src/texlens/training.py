@@ -67,7 +67,7 @@ class DatasetSpec:
     weight: float = 1.0
     limit: int | None = None  # use only the first N samples (quick runs, tests)
     name: str | None = None  # shown in logs; default: the folder name
-    augment: float | None = None  # training sets: own augmentation strength; default: the config's ``augment``
+    augment: float | None = None  # training sets only: own augmentation strength; default ``cfg.augment``
 
 
 @dataclass
@@ -287,12 +287,14 @@ def _preprocess_config(cfg: TrainConfig) -> Any:
     return PreprocessConfig(**cfg.preprocess)
 
 
-def _val_subset(samples: list[Any], count: int, seed: int = 0) -> list[Any]:
-    """A fixed random subset, the same at every validation, after resuming and whatever the training seed (so
-    runs that differ only in their seed validate on the same images)."""
+VAL_SUBSET_SEED = 0  # not the training seed: runs that differ only in their seed validate on the same images
+
+
+def _val_subset(samples: list[Any], count: int) -> list[Any]:
+    """A fixed random subset, the same at every validation, after resuming and whatever the training seed."""
     if len(samples) <= count:
         return samples
-    keep = np.sort(np.random.default_rng(seed).permutation(len(samples))[:count])
+    keep = np.sort(np.random.default_rng(VAL_SUBSET_SEED).permutation(len(samples))[:count])
     return [samples[i] for i in keep]
 
 
