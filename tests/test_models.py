@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -185,6 +187,17 @@ def test_save_load_roundtrip(name, tmp_path):
     assert torch.equal(loaded(images, tgt), model(images, tgt))
     if name == "resnet-transformer":  # tied weights stay tied
         assert loaded.head.weight.data_ptr() == loaded.embed.weight.data_ptr()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_saved_weights_are_readable_by_whoever_can_read_the_config(tmp_path):
+    old = os.umask(0o022)  # the usual umask: new files 0644 (safetensors alone writes 0600)
+    try:
+        save_model(tiny("resnet-transformer"), Vocab([f"t{i}" for i in range(VOCAB_SIZE - 5)]), tmp_path)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644, "vocab.json": 0o644}
 
 
 def test_build_model_overrides():

@@ -562,8 +562,8 @@ class LastCheckpoint(Callback):
             self.save(trainer)
 
     def save(self, trainer: pl.Trainer) -> None:
-        """Save now (Lightning writes the file atomically)."""
-        trainer.save_checkpoint(self.path)
+        """Save now (Lightning writes the file atomically), with optimizer and callback state for ``--resume``."""
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._last_time, self._last_step = time.monotonic(), trainer.global_step
 
 

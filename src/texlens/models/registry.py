@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,9 @@ def save_model(model: nn.Module, vocab: Vocab, directory: str | Path) -> Path:
     safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(json.dumps(model_config(model), indent=2) + "\n", encoding="utf-8")
     vocab.save(directory / VOCAB_FILE)
+    # safetensors creates its file owner-only (0600): give it the mode of the config, an ordinary new file, so
+    # a model that is shared or installed system-wide can be read by the other users who can read the config.
+    os.chmod(directory / WEIGHTS_FILE, (directory / CONFIG_FILE).stat().st_mode & 0o777)
     return directory
 
 
