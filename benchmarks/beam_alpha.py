@@ -49,6 +49,10 @@ def main() -> None:
         table.add_column(column, justify="right")
     for name, (folder, skip) in TUNING.items():
         path = Path(args.datasets) / Path(folder).name
+        if not path.is_dir():
+            sys.exit(
+                f"{path}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
+            )
         samples = read_dataset(path)[0][skip : skip + args.n]
         if not samples:
             sys.exit(f"{path}: no samples from number {skip} on; run `texlens data build` first")
