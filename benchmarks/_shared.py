@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import sys
@@ -12,7 +13,16 @@ from pathlib import Path
 
 import httpx
 
+from texlens.data.formats import read_dataset
 from texlens.image import ImageError, preprocess
+
+# Validation images that no reported figure uses, for choosing settings: the model card evaluates the first
+# 1,000 IM2LATEX held-back and 2,000 cn_math images, the compile-rate benchmark the first 500 of IM2LATEX and
+# CROHME 2014 test. Set name -> (folder written by `texlens data build`, first sample used).
+TUNING = {
+    "im2latex held back": ("val_im2latex", 2000),
+    "cn_math (euler)": ("val_cn_math", 5000),
+}
 
 
 def free_port() -> int:
@@ -39,6 +49,32 @@ def first_readable(paths: Iterable[Path], n: int) -> list[Path]:
             continue
         readable.append(path)
     return readable
+
+
+def tuning_parser(doc: str | None) -> argparse.ArgumentParser:
+    """Arguments every tuning benchmark takes: ``--model``, ``--n`` (images per set), ``--datasets``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model directory or bundled name (default: bundled)")
+    parser.add_argument("--n", type=int, default=300, help="images per tuning set")
+    repo = Path(__file__).resolve().parents[1]
+    parser.add_argument("--datasets", default=str(repo / "datasets"), help="where `texlens data build` wrote")
+    return parser
+
+
+def tuning_split(datasets: str | Path, n: int) -> dict[str, list]:
+    """Set name -> ``n`` samples of the tuning split (see ``TUNING``); SystemExit if a set is missing or short."""
+    split = {}
+    for name, (folder, skip) in TUNING.items():
+        path = Path(datasets) / folder
+        if not path.is_dir():
+            sys.exit(
+                f"{path}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
+            )
+        samples = read_dataset(path)[0][skip : skip + n]
+        if not samples:
+            sys.exit(f"{path}: no samples from number {skip} on; run `texlens data build` first")
+        split[name] = samples
+    return split
 
 
 def wait_healthy(

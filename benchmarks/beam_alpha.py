@@ -11,35 +11,22 @@ match and edit similarity of greedy search and of beam search with each alpha (G
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
+from _shared import tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
-from texlens.data.formats import read_dataset
 from texlens.metrics import exact_match, mean_edit_similarity
 from texlens.predictor import Predictor, resolve_model_dir
-
-REPO = Path(__file__).resolve().parents[1]
-TUNING = {
-    "im2latex held back": ("datasets/val_im2latex", 2000),
-    "cn_math (euler)": ("datasets/val_cn_math", 5000),
-}
 
 
 def main() -> None:
     """Decode the tuning split greedily and with each alpha; print the table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default=None, help="model directory or bundled name (default: bundled)")
-    parser.add_argument("--n", type=int, default=300, help="images per tuning set")
+    parser = tuning_parser(__doc__)
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--alphas", default="0,0.5,1.0,mean", help="comma-separated alphas to compare")
-    parser.add_argument("--datasets", default=str(REPO / "datasets"), help="where `texlens data build` wrote")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     predictor = Predictor(resolve_model_dir(args.model))
@@ -47,15 +34,7 @@ def main() -> None:
     table = Table(title=f"Beam {args.beam} length penalty on the tuning split ({args.n} images per set)")
     for column in ("data", "decoding", "exact match", "edit similarity", "s / image"):
         table.add_column(column, justify="right")
-    for name, (folder, skip) in TUNING.items():
-        path = Path(args.datasets) / Path(folder).name
-        if not path.is_dir():
-            sys.exit(
-                f"{path}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
-            )
-        samples = read_dataset(path)[0][skip : skip + args.n]
-        if not samples:
-            sys.exit(f"{path}: no samples from number {skip} on; run `texlens data build` first")
+    for name, samples in tuning_split(args.datasets, args.n).items():
         refs = [s.latex.split() for s in samples]
         for label, beam, alpha in [("greedy", 1, 1.0), *((f"beam alpha={a}", args.beam, a) for a in alphas)]:
             predictor.length_penalty = alpha

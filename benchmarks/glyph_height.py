@@ -10,35 +10,22 @@ its ``config.json`` (``"preprocess": {"target_glyph_height": H}``), else at ``Pr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
+from _shared import tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
-from texlens.data.formats import read_dataset
 from texlens.metrics import bleu4, exact_match, mean_edit_similarity
 from texlens.predictor import Predictor, resolve_model_dir
-
-REPO = Path(__file__).resolve().parents[1]
-TUNING = {
-    "im2latex held back": ("datasets/val_im2latex", 2000),
-    "cn_math (euler)": ("datasets/val_cn_math", 5000),
-}
 
 
 def main() -> None:
     """Decode the tuning split at each glyph height; print the table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default=None, help="model directory or bundled name (default: bundled)")
-    parser.add_argument("--n", type=int, default=300, help="images per tuning set")
+    parser = tuning_parser(__doc__)
     parser.add_argument("--heights", default="8,9.4,10,11,12,13", help="comma-separated glyph heights (px)")
-    parser.add_argument("--datasets", default=str(REPO / "datasets"), help="where `texlens data build` wrote")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     predictor = Predictor(resolve_model_dir(args.model))
@@ -49,15 +36,7 @@ def main() -> None:
     )
     for column in ("data", "glyph px", "exact match", "edit similarity", "BLEU-4", "s / image"):
         table.add_column(column, justify="right")
-    for name, (folder, skip) in TUNING.items():
-        path = Path(args.datasets) / Path(folder).name
-        if not path.is_dir():
-            sys.exit(
-                f"{path}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
-            )
-        samples = read_dataset(path)[0][skip : skip + args.n]
-        if not samples:
-            sys.exit(f"{path}: no samples from number {skip} on; run `texlens data build` first")
+    for name, samples in tuning_split(args.datasets, args.n).items():
         refs = [s.latex.split() for s in samples]
         for height in heights:
             predictor.preprocess_config = dataclasses.replace(
