@@ -98,8 +98,10 @@ def build_datasets(
     cr = shared / "crohme"
     crohme_train, _ = read_crohme(cr / "train_caption.txt", cr / "train_2014")
     crohme_test, _ = read_crohme(cr / "test_2014_caption.txt", cr / "test_2014")
-    if limit:
+    if limit:  # a quick build: at most ``limit`` samples from each split
         cn_train, cn_val = cn_train[:limit], cn_val[:limit]
+        im_train, im_held = im_train[:limit], im_held[:limit]
+        crohme_train, crohme_test = crohme_train[:limit], crohme_test[:limit]
 
     # Nothing that is validated on may be trained on.
     held_out = {s.latex for s in cn_val} | {s.latex for s in im_held} | {s.latex for s in crohme_test}
