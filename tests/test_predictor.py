@@ -212,6 +212,38 @@ def test_cli_predict_json(model_dir: Path, shared_data: Path, broken: dict[str, 
     assert set(lines[2]) == {"image", "error"}
 
 
+def test_cli_predict_reads_folders_and_standard_input(
+    model_dir: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from texlens.cli import app
+
+    first, second = real_images(shared_data, 2)
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    (folder / "b.PNG").write_bytes(first.read_bytes())
+    (folder / "a.png").write_bytes(second.read_bytes())
+    (folder / "notes.txt").write_text("not an image, and not named like one: left alone\n")
+    (folder / "sub").mkdir()
+    (tmp_path / "empty").mkdir()
+    args = ["predict", "--json", "--model", str(model_dir)]
+    result = CliRunner().invoke(
+        app, [*args, str(folder), "-", str(tmp_path / "empty")], input=first.read_bytes()
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    # The folder's images by name, then standard input, then the folder without images, reported.
+    names = [str(folder / "a.png"), str(folder / "b.PNG"), "-", str(tmp_path / "empty")]
+    assert [line["image"] for line in lines] == names
+    assert lines[2]["latex"] == lines[1]["latex"]  # stdin held the same picture as b.PNG
+    assert lines[3]["error"] == "a folder, not an image file"
+    empty = CliRunner().invoke(app, [*args, "-"], input=b"")
+    assert empty.exit_code == 1 and json.loads(empty.stdout)["error"].startswith("the file is empty")
+    twice = CliRunner().invoke(app, [*args, "-", "-"], input=first.read_bytes())
+    assert twice.exit_code == 1 and "only once" in twice.output
+
+
 def test_bytes_stream_input(predictor: Predictor, shared_data: Path) -> None:
     path = real_images(shared_data, 1)[0]
     assert predictor.predict(io.BytesIO(path.read_bytes())).tokens == predictor.predict(path).tokens

@@ -156,6 +156,40 @@ def test_resnet_transformer_trains_and_exports(transformer_run):
         train(load_config(TINY, tiny_overrides(Path(out).parents[1] / "unused", out)))
 
 
+def test_export_averages_weights_with_other_checkpoints(transformer_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from texlens.cli import app
+    from texlens.models import build_model, load_model, model_config, save_model
+
+    out, _ = transformer_run
+    best = out / "checkpoints" / "best.ckpt"
+    model, vocab = load_initial(best)
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(1.0)
+    save_model(shifted, vocab, tmp_path / "shifted")
+    args = ["export", "model", str(best), str(tmp_path / "avg"), "--average-with", str(tmp_path / "shifted")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    averaged, _ = load_model(tmp_path / "avg")
+    original, moved = model.state_dict(), shifted.state_dict()
+    for key, value in averaged.state_dict().items():
+        expected = (original[key] + moved[key]) / 2 if value.is_floating_point() else original[key]
+        torch.testing.assert_close(value, expected, msg=key)
+    assert not torch.equal(averaged.state_dict()["head.weight"], original["head.weight"])  # they did move
+    # Another architecture (or vocabulary) is refused with a reason, and nothing is written.
+    config = model_config(model)
+    name = config.pop("name")
+    config["d_model"] *= 2
+    save_model(build_model(name, **config), vocab, tmp_path / "wider")
+    args[3], args[-1] = str(tmp_path / "refused"), str(tmp_path / "wider")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "different architectures" in result.output and "d_model" in result.output
+    assert not (tmp_path / "refused").exists()
+
+
 def test_cnn_rnn_trains_with_scheduled_sampling(shared_data, tmp_path):
     out = tmp_path / "run"
     extra = [

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,9 +33,33 @@ def _fail(message: str, code: int = 1) -> None:
 # ---------------------------------------------------------------- predict / eval / train
 
 
+def _inputs(images: list[Path]) -> list[Any]:
+    """What to read: files as given, a folder's image files in its place (a folder with none stays, to be
+    reported), ``-`` the image on standard input."""
+    from texlens.image import image_files
+
+    sources: list[Any] = []
+    for path in images:
+        if str(path) == "-":
+            if any(isinstance(s, io.BytesIO) for s in sources):
+                _fail("'-' (the image on standard input) can be given only once")
+            stdin = io.BytesIO(sys.stdin.buffer.read())
+            stdin.name = "-"  # the name its prediction and any error carry
+            sources.append(stdin)
+        else:
+            sources.extend((image_files(path) if path.is_dir() else []) or [path])
+    return sources
+
+
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, WebP, GIF, TIFF).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files (PNG, JPEG, BMP, WebP, GIF, TIFF), folders (their images, by name) or - "
+            "(one image on standard input, e.g. from the clipboard)."
+        ),
+    ],
     model: Annotated[
         str | None, typer.Option(help="Model directory or bundled model name (default: bundled).")
     ] = None,
@@ -52,8 +77,9 @@ def predict(
         predictor = Predictor(model, backend=backend)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    sources = _inputs(images)
     failed = 0
-    for result in predictor.predict_paths(images, beam=beam, attention=attention is not None):
+    for result in predictor.predict_paths(sources, beam=beam, attention=attention is not None):
         if as_json:
             print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
         elif result.error:
@@ -67,7 +93,7 @@ def predict(
 
             save_attention_map(result, attention)
             attention = None
-    if failed == len(images):
+    if failed == len(sources):
         raise typer.Exit(1)
 
 
@@ -269,12 +295,28 @@ def export_model_cmd(
     fp16: Annotated[
         bool, typer.Option(help="Store weights in half precision (half the size; loaded as fp32).")
     ] = False,
+    average_with: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Average the weights with this checkpoint or model directory (repeatable): e.g. a run's "
+            "last checkpoints, or the end of the run it continued. Same architecture and vocabulary."
+        ),
+    ] = None,
 ) -> None:
     """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint or model dir."""
-    from texlens.models import save_model
+    from texlens.models import average_weights, save_model
     from texlens.training import load_initial
 
     model, vocab = load_initial(checkpoint)
+    if average_with:
+        others = [load_initial(path) for path in average_with]
+        for path, (_, other_vocab) in zip(average_with, others, strict=True):
+            if other_vocab.itos != vocab.itos:
+                raise typer.BadParameter(f"{path} has another vocabulary than {checkpoint}")
+        try:
+            model = average_weights([model, *(other for other, _ in others)])
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
     print(save_model(model.eval().half() if fp16 else model.eval(), vocab, out_dir))
 
 

@@ -75,6 +75,8 @@ def _decode(source: Any, max_pixels: int) -> Image.Image:
         path = Path(source)
         if not path.exists():
             raise ImageError(f"file not found: {path}")
+        if path.is_dir():
+            raise ImageError(f"{path}: a folder, not an image file")
         if not path.is_file():
             raise ImageError(f"not a file: {path}")
         data = path.read_bytes()
@@ -118,6 +120,13 @@ def _decode(source: Any, max_pixels: int) -> Image.Image:
             pass
         grey = _pil_to_grey(img)
         return grey.copy() if grey is img else grey  # closing the file must not invalidate the result
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The files directly in ``folder`` whose suffix names a format texlens reads (.png, .jpg, ...), by name."""
+    formats = set(_available_formats())
+    suffixes = {ext for ext, fmt in Image.registered_extensions().items() if fmt in formats}
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def _available_formats() -> list[str]:

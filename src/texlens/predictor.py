@@ -192,7 +192,7 @@ class Predictor:
         results: list[Prediction] = []
         ready: list[tuple[int, np.ndarray]] = []
         for i, source in enumerate(sources):
-            name = str(source) if isinstance(source, (str, Path)) else None
+            name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", None)
             start = time.perf_counter()
             try:
                 pixels = self.preprocess(source)

@@ -5,6 +5,7 @@ from texlens.models.encoder import Encoder, EncoderConfig, ImageToLatex
 from texlens.models.registry import (
     MODELS,
     PRESETS,
+    average_weights,
     build_model,
     count_parameters,
     load_model,
@@ -23,6 +24,7 @@ __all__ = [
     "ImageToLatex",
     "ResNetTransformer",
     "ResNetTransformerConfig",
+    "average_weights",
     "build_model",
     "count_parameters",
     "load_model",

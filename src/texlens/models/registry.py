@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,35 @@ def model_config(model: nn.Module) -> dict[str, Any]:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def average_weights(models: Sequence[nn.Module]) -> nn.Module:
+    """The first of ``models`` with each floating-point weight and buffer replaced by its mean over all of them.
+
+    Averaging points of one training run (its last checkpoints, or the ends of runs that continue each other)
+    lands nearer the middle of the minimum they circle, which usually generalises better than any one of them
+    (stochastic weight averaging). BatchNorm's running statistics are averaged too; integer buffers (its
+    batch counters) are the first model's. The models must have one architecture (dropout may differ).
+    """
+    if not models:
+        raise ValueError("nothing to average")
+    first = models[0]
+    shape = {k: v for k, v in model_config(first).items() if k != "dropout"}
+    for other in models[1:]:
+        config = {k: v for k, v in model_config(other).items() if k != "dropout"}
+        if config != shape:
+            diff = sorted(k for k in shape.keys() | config.keys() if shape.get(k) != config.get(k))
+            raise ValueError(f"cannot average models of different architectures (they differ in {diff})")
+    states = [m.state_dict() for m in models]
+    averaged = {}
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            total = sum(state[key].float() for state in states)
+            averaged[key] = (total / len(states)).to(value.dtype)
+        else:
+            averaged[key] = value
+    first.load_state_dict(averaged)
+    return first
 
 
 def save_model(model: nn.Module, vocab: Vocab, directory: str | Path) -> Path:
