@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -188,6 +189,36 @@ def test_export_averages_weights_with_other_checkpoints(transformer_run, tmp_pat
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "different architectures" in result.output and "d_model" in result.output
     assert not (tmp_path / "refused").exists()
+
+
+def test_weight_average_is_exported_and_resumed(shared_data, tmp_path):
+    from texlens.models import load_model
+    from texlens.training import EMA_PREFIX
+
+    out = tmp_path / "run"
+    extra = ["ema_decay=0.8", "max_steps=10", "val_every_n_steps=5", "checkpoint_every_n_steps=5"]
+    cfg = load_config(TINY, tiny_overrides(shared_data, out, *extra))
+    torch.set_num_threads(1)
+    model_dir = train(cfg)
+    state = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    averaged = {k[len(EMA_PREFIX) :]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
+    raw = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw)  # the average is not the last weights
+    # Export and init_from take the average, not the raw weights.
+    exported, _ = load_model(model_dir)
+    started, _ = load_initial(out / "checkpoints" / "best.ckpt")
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, averaged[key]), key
+        assert torch.equal(started.state_dict()[key], averaged[key]), key
+    # A resumed run continues the same average (its count of averaged steps goes on from the checkpoint).
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(last["state_dict"]["ema.n_averaged"]) == 10
+    train(dataclasses.replace(cfg, max_steps=14), resume=True)
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(last["state_dict"]["ema.n_averaged"]) == 14
+    with pytest.raises(ValueError, match="ema_decay"):
+        load_config(TINY, ["ema_decay=1.0"])
 
 
 def test_cnn_rnn_trains_with_scheduled_sampling(shared_data, tmp_path):

@@ -104,6 +104,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_accum: int = 1
     grad_clip: float | None = 1.0
+    # > 0: keep an exponential moving average of the weights (e.g. 0.999, about the last 1,000 steps), which
+    # validation measures and export writes (supervised mode).
+    ema_decay: float = 0.0
     teacher_forcing: str = "teacher"  # cnn-rnn: "teacher", "free" (own predictions) or "scheduled"
     teacher_forcing_floor: float = 0.5  # "scheduled": probability of the gold token falls from 1 to this
     teacher_forcing_steps: int | None = None  # ... over this many steps (default max_steps)
@@ -141,6 +144,10 @@ class TrainConfig:
             raise ValueError("max_steps must be >= 1 (the learning-rate schedule is laid out over it)")
         if self.grad_accum < 1 or self.batch_size < 1 or self.val_every_n_steps < 1:
             raise ValueError("grad_accum, batch_size and val_every_n_steps must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay}: use 0 (off) or a decay below 1, e.g. 0.999")
+        if self.ema_decay and self.mode == "mlm":
+            raise ValueError("ema_decay is for supervised training; MLM pre-training keeps plain weights")
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -418,6 +425,11 @@ class _LitBase(pl.LightningModule):
         self.model, self.vocab, self.cfg = model, vocab, cfg
         self.save_hyperparameters({"config": asdict(cfg)})
 
+    @property
+    def net(self) -> nn.Module:
+        """The weights that validation measures and export writes."""
+        return self.model
+
     def token_loss(
         self, logits: torch.Tensor, target: torch.Tensor, smoothing: float | None = None
     ) -> torch.Tensor:
@@ -470,6 +482,24 @@ class LitImageToLatex(_LitBase):
                 f"teacher_forcing={cfg.teacher_forcing!r} needs a recurrent model (cnn-rnn), not {cfg.model}"
             )
         self._val: dict[int, dict[str, Any]] = {}
+        if cfg.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # BatchNorm statistics are averaged too (use_buffers), so the average is usable as it stands.
+            self.ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            ).requires_grad_(False)
+            self._ema_step = -1
+
+    @property
+    def net(self) -> nn.Module:
+        """The weights that validation measures and export writes: the moving average, if kept."""
+        return self.ema.module if self.cfg.ema_decay else self.model
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.cfg.ema_decay and self.global_step != self._ema_step:  # once per optimizer step
+            self.ema.update_parameters(self.model)
+            self._ema_step = self.global_step
 
     def _images(self, batch: Batch) -> torch.Tensor:
         if self.cfg.channels_last:
@@ -495,14 +525,14 @@ class LitImageToLatex(_LitBase):
 
         state = self._val.setdefault(dataloader_idx, {"metrics": MetricSet(), "loss": 0.0, "tokens": 0})
         images = self._images(batch)
-        logits = self.model(images, batch.tgt_in)
+        logits = self.net(images, batch.tgt_in)
         n_tokens = int((batch.tgt_out != self.vocab.pad_id).sum())
         state["loss"] += float(self.token_loss(logits, batch.tgt_out, smoothing=0.0)) * n_tokens
         state["tokens"] += n_tokens
         # Predictions much longer than the reference are wrong anyway; capping them keeps validation fast.
         max_len = min(self.cfg.max_tokens, 2 * batch.tgt_out.shape[1] + 10)
         # Plain greedy search (no syntax constraints): validation measures the network itself.
-        hyps = greedy_decode(self.model, images, max_len=max_len, constraints=False, return_attention=False)
+        hyps = greedy_decode(self.net, images, max_len=max_len, constraints=False, return_attention=False)
         preds = [self.vocab.decode(h.ids) for h in hyps]
         refs = [self.vocab.decode(row) for row in batch.tgt_out.tolist()]
         state["metrics"].update(preds, refs)
@@ -600,6 +630,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+EMA_PREFIX = "ema.module."  # LitImageToLatex.ema, an AveragedModel around a copy of the model
+
+
 def load_initial(path: str | Path) -> tuple[nn.Module, Vocab]:
     """Model and vocabulary to start from: a model directory (``save_model``) or a training ``.ckpt``."""
     from texlens.models import build_model, load_model
@@ -614,11 +647,14 @@ def load_initial(path: str | Path) -> tuple[nn.Module, Vocab]:
     info = ckpt["texlens"]
     vocab = Vocab(info["vocab"][len(SPECIAL_TOKENS) :])
     model = build_model(**info["model_config"])
-    prefix = "model."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    )
+    model.load_state_dict(model_weights(ckpt["state_dict"]))
     return model, vocab
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model's weights in a training checkpoint's state dict: the moving average if the run kept one."""
+    prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in state) else "model."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _build_model(cfg: TrainConfig, vocab: Vocab, initial: nn.Module | None) -> nn.Module:
@@ -812,11 +848,10 @@ def _finish(
     from texlens.models import count_parameters, save_model
 
     out = Path(cfg.output_dir)
-    model = lit.model
+    model = lit.net
     best_path = Path(best.best_model_path) if best.best_model_path else None
     if best_path is not None and best_path.is_file():
-        state = _load_checkpoint(best_path)["state_dict"]
-        model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+        model.load_state_dict(model_weights(_load_checkpoint(best_path)["state_dict"]))
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     model_dir = save_model(model, vocab, out / MODEL_DIR)
     if cfg.preprocess:  # the Predictor must preprocess as training did (read_preprocess_config)
