@@ -21,8 +21,10 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "texlens" / "examples" / "ha
 def arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n: int = 14) -> list:
     """Points along an elliptic arc (angles in degrees, 0 = right, counter-clockwise on paper)."""
     return [
-        (cx + rx * math.cos(math.radians(start + (end - start) * i / (n - 1))),
-         cy - ry * math.sin(math.radians(start + (end - start) * i / (n - 1))))
+        (
+            cx + rx * math.cos(math.radians(start + (end - start) * i / (n - 1))),
+            cy - ry * math.sin(math.radians(start + (end - start) * i / (n - 1))),
+        )
         for i in range(n)
     ]
 
@@ -54,7 +56,8 @@ def draw(seed: int = 7, width: int = 360, height: int = 110, pen: int = 3) -> Im
     for glyph, x0, y0, w, h in LAYOUT:
         for stroke in GLYPHS[glyph]:
             points = [
-                (x0 + px * w + rng.uniform(-1.2, 1.2), y0 + py * h + rng.uniform(-1.2, 1.2)) for px, py in stroke
+                (x0 + px * w + rng.uniform(-1.2, 1.2), y0 + py * h + rng.uniform(-1.2, 1.2))
+                for px, py in stroke
             ]
             canvas.line(points, fill=255, width=pen, joint="curve")
             for px, py in (points[0], points[-1]):  # round pen ends

@@ -242,7 +242,9 @@ def test_a_script_takes_unbraced_only_what_tex_reads_as_a_field():
     refused = sorted(t for t in NOT_A_FIELD if t in v)
     assert len(allowed) > 50 and len(refused) > 50
     commands = allowed + refused
-    images = render_many_pixels([f"x_{call(t)} y" for t in commands] + [f"x_{{{call(t)}}} y" for t in commands])
+    images = render_many_pixels(
+        [f"x_{call(t)} y" for t in commands] + [f"x_{{{call(t)}}} y" for t in commands]
+    )
     unbraced = dict(zip(commands, images[: len(commands)], strict=True))
     braced = dict(zip(commands, images[len(commands) :], strict=True))
     # (Commands that fail braced too, as `\\big{a}`, fail for their own arguments: not this rule's business.)

@@ -71,7 +71,9 @@ def test_normalize_real_corpora(shared_data) -> None:
         "im2latex": shared_data / "im2latex100k" / "val.formulas.norm.txt",
     }
     for name, path in files.items():
-        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()[:20000] if ln.strip()]
+        lines = [
+            ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()[:20000] if ln.strip()
+        ]
         ok = 0
         for ln in lines:
             try:

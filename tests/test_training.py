@@ -99,7 +99,8 @@ def test_each_training_set_can_have_its_own_augmentation_strength():
     assert [spec.augment for spec in cfg.train] == [None, 0.0, 1.0, 0.5]
     a, b, c, d = _augmenters(cfg)
     assert b is None  # 0 switches it off for that set only
-    assert a is d and a.strength == 0.5 and a.seed == cfg.seed  # the config's strength: one stream, the run's seed
+    # the config's strength: one stream, the run's seed
+    assert a is d and a.strength == 0.5 and a.seed == cfg.seed
     assert c.strength == 1.0 and c.seed != a.seed
     assert all(x is None for x in _augmenters(load_config(None, ["augment=0", "train=[a, b]"])))
     with pytest.raises(ValueError, match="augment must be >= 0"):
@@ -200,7 +201,8 @@ def test_weight_average_is_exported_and_resumed(shared_data, tmp_path):
     cfg = load_config(TINY, tiny_overrides(shared_data, out, *extra))
     torch.set_num_threads(1)
     model_dir = train(cfg)
-    state = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    state = best["state_dict"]
     averaged = {k[len(EMA_PREFIX) :]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
     raw = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     assert averaged.keys() == raw.keys()

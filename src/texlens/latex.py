@@ -53,7 +53,9 @@ ALIASES = {
 
 # Number of mandatory arguments of commands whose single-token arguments we brace.
 ARITY = {
-    **dict.fromkeys(r"\frac \dfrac \tfrac \cfrac \binom \dbinom \tbinom \stackrel \overset \underset".split(), 2),
+    **dict.fromkeys(
+        r"\frac \dfrac \tfrac \cfrac \binom \dbinom \tbinom \stackrel \overset \underset".split(), 2
+    ),
     **dict.fromkeys(
         (
             r"\sqrt \hat \bar \vec \dot \ddot \dddot \tilde \widehat \widetilde \overline \underline"
@@ -347,7 +349,9 @@ class Vocab:
 
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as JSON."""
-        Path(path).write_text(json.dumps({"tokens": self.itos}, ensure_ascii=False, indent=0), encoding="utf-8")
+        Path(path).write_text(
+            json.dumps({"tokens": self.itos}, ensure_ascii=False, indent=0), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

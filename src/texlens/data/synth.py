@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 
 from texlens.latex import LatexError, normalize, to_latex
 
-RELATIONS = frozenset(r"= < > \leq \geq \neq \approx \equiv \sim \simeq \in \subset \subseteq \rightarrow".split())
+RELATIONS = frozenset(
+    r"= < > \leq \geq \neq \approx \equiv \sim \simeq \in \subset \subseteq \rightarrow".split()
+)
 ACCENTS = (r"\hat", r"\tilde", r"\bar", r"\vec", r"\dot", r"\overline", r"\widehat")
 FONTS = (r"\mathrm", r"\mathbf", r"\mathcal", r"\mathbb", r"\boldsymbol")
 SPACES = (r"\,", r"\;", r"\quad", r"\qquad", r"\!", "~")
@@ -117,7 +119,15 @@ def dress(tokens: list[str], pool: SubexpressionPool, rng: random.Random) -> lis
     elif kind == 3:
         new = [r"\operatorname", "{", *rng.choice(OPERATORS), "}", "(", *piece, ")"]
     elif kind == 4:
-        new = [rng.choice(SPACES[:4]), r"\mathrm", "{", *rng.choice(WORDS), "}", rng.choice(SPACES[:4]), *piece]
+        new = [
+            rng.choice(SPACES[:4]),
+            r"\mathrm",
+            "{",
+            *rng.choice(WORDS),
+            "}",
+            rng.choice(SPACES[:4]),
+            *piece,
+        ]
     elif kind == 5:
         env = rng.choice(MATRICES)
         rows = []
