@@ -197,7 +197,7 @@ def test_weight_average_is_exported_and_resumed(shared_data, tmp_path):
     from texlens.training import EMA_PREFIX
 
     out = tmp_path / "run"
-    extra = ["ema_decay=0.8", "max_steps=10", "val_every_n_steps=5", "checkpoint_every_n_steps=5"]
+    extra = ["ema_decay=0.8", "max_steps=10", "val_every_n_steps=5", "keep_every_n_steps=4"]
     cfg = load_config(TINY, tiny_overrides(shared_data, out, *extra))
     torch.set_num_threads(1)
     model_dir = train(cfg)
@@ -221,6 +221,12 @@ def test_weight_average_is_exported_and_resumed(shared_data, tmp_path):
     assert int(last["state_dict"]["ema.n_averaged"]) == 14
     with pytest.raises(ValueError, match="ema_decay"):
         load_config(TINY, ["ema_decay=1.0"])
+    # keep_every_n_steps kept the weights (the average too, no optimizer state) of steps 4, 8, 12 beside last.ckpt.
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*.ckpt"))
+    assert kept == ["step-000004.ckpt", "step-000008.ckpt", "step-000012.ckpt"]
+    step8 = torch.load(out / "checkpoints" / kept[1], map_location="cpu", weights_only=False)
+    assert "optimizer_states" not in step8 and any(k.startswith(EMA_PREFIX) for k in step8["state_dict"])
+    load_initial(out / "checkpoints" / kept[1])  # export and init_from read it
 
 
 def test_cnn_rnn_trains_with_scheduled_sampling(shared_data, tmp_path):

@@ -126,6 +126,9 @@ class TrainConfig:
     num_nodes: int = 1
     checkpoint_every_minutes: float = 5.0
     checkpoint_every_n_steps: int = 200
+    # > 0: also keep the weights every N steps (checkpoints/step-NNNNNN.ckpt, no optimizer state), e.g. for
+    # `texlens export model ... --average-with` over a run's last checkpoints.
+    keep_every_n_steps: int = 0
     log_every_n_steps: int = 20
     progress_bar: bool = True
     output_dir: str = "runs/default"
@@ -144,6 +147,8 @@ class TrainConfig:
             raise ValueError("max_steps must be >= 1 (the learning-rate schedule is laid out over it)")
         if self.grad_accum < 1 or self.batch_size < 1 or self.val_every_n_steps < 1:
             raise ValueError("grad_accum, batch_size and val_every_n_steps must be >= 1")
+        if self.keep_every_n_steps < 0:
+            raise ValueError("keep_every_n_steps must be >= 0 (0 keeps only last.ckpt and best.ckpt)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay}: use 0 (off) or a decay below 1, e.g. 0.999")
         if self.ema_decay and self.mode == "mlm":
@@ -567,10 +572,12 @@ class LitImageToLatex(_LitBase):
 
 
 class LastCheckpoint(Callback):
-    """Write ``last.ckpt`` every N optimizer steps and every M minutes, so a killed run loses little."""
+    """Write ``last.ckpt`` every N optimizer steps and every M minutes, so a killed run loses little; with
+    ``keep_every_n_steps``, also keep the weights of every K-th step beside it (``step-NNNNNN.ckpt``)."""
 
-    def __init__(self, path: Path, every_n_steps: int, every_minutes: float):
+    def __init__(self, path: Path, every_n_steps: int, every_minutes: float, keep_every_n_steps: int = 0):
         self.path, self.every_n_steps, self.every_seconds = Path(path), every_n_steps, every_minutes * 60
+        self.keep_every_n_steps = keep_every_n_steps
         self._last_time = time.monotonic()
         self._last_step = -1
 
@@ -581,6 +588,8 @@ class LastCheckpoint(Callback):
         due_time = trainer.strategy.broadcast(time.monotonic() - self._last_time >= self.every_seconds)
         if (self.every_n_steps and step % self.every_n_steps == 0) or due_time:
             self.save(trainer)
+        if self.keep_every_n_steps and step % self.keep_every_n_steps == 0:
+            trainer.save_checkpoint(self.path.with_name(f"step-{step:06d}.ckpt"), weights_only=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)
@@ -782,7 +791,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     )
     callbacks: list[Callback] = [
         best,
-        LastCheckpoint(resume_from, cfg.checkpoint_every_n_steps, cfg.checkpoint_every_minutes),
+        LastCheckpoint(
+            resume_from, cfg.checkpoint_every_n_steps, cfg.checkpoint_every_minutes, cfg.keep_every_n_steps
+        ),
         EarlyStopping(
             monitor=lit.monitor, mode=lit.monitor_mode, patience=cfg.patience, check_on_train_epoch_end=False
         ),
