@@ -229,6 +229,24 @@ def test_weight_average_is_exported_and_resumed(shared_data, tmp_path):
     load_initial(out / "checkpoints" / kept[1])  # export and init_from read it
 
 
+def test_periodic_checkpoints_are_written_once_per_optimizer_step(tmp_path):
+    from types import SimpleNamespace
+
+    from texlens.training import LastCheckpoint
+
+    saved = []
+    trainer = SimpleNamespace(
+        global_step=0,
+        strategy=SimpleNamespace(broadcast=lambda value: value),
+        save_checkpoint=lambda path, weights_only: saved.append(Path(path).name),
+    )
+    callback = LastCheckpoint(tmp_path / "last.ckpt", every_n_steps=2, every_minutes=60, keep_every_n_steps=3)
+    for step in (0, 1, 1, 2, 2, 3, 3, 4, 4):  # gradient accumulation: each step is seen twice
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer)
+    assert saved == ["last.ckpt", "step-000003.ckpt", "last.ckpt"]
+
+
 def test_cnn_rnn_trains_with_scheduled_sampling(shared_data, tmp_path):
     out = tmp_path / "run"
     extra = [

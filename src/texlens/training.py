@@ -579,12 +579,13 @@ class LastCheckpoint(Callback):
         self.path, self.every_n_steps, self.every_seconds = Path(path), every_n_steps, every_minutes * 60
         self.keep_every_n_steps = keep_every_n_steps
         self._last_time = time.monotonic()
-        self._last_step = -1
+        self._handled_step = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        if step == self._last_step or step == 0:
-            return  # only after an optimizer step (gradient accumulation repeats global_step)
+        if step == self._handled_step:
+            return  # once per optimizer step (gradient accumulation repeats global_step)
+        self._handled_step = step
         due_time = trainer.strategy.broadcast(time.monotonic() - self._last_time >= self.every_seconds)
         if (self.every_n_steps and step % self.every_n_steps == 0) or due_time:
             self.save(trainer)
@@ -603,7 +604,7 @@ class LastCheckpoint(Callback):
     def save(self, trainer: pl.Trainer) -> None:
         """Save now (Lightning writes the file atomically), with optimizer and callback state for ``--resume``."""
         trainer.save_checkpoint(self.path, weights_only=False)
-        self._last_time, self._last_step = time.monotonic(), trainer.global_step
+        self._last_time = time.monotonic()
 
 
 class _EpochForSampler(Callback):
