@@ -22,6 +22,7 @@ from texlens.models import (
     count_parameters,
     load_model,
     model_config,
+    rebuild,
     save_model,
 )
 
@@ -209,6 +210,33 @@ def test_build_model_overrides():
         build_model("nope", 40)
     with pytest.raises(ValueError):
         build_model("cnn-rnn", 40, not_a_field=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("atrous", [(False, False, True, False), (False, True, True, False)])
+def test_atrous_stages_refine_the_map_of_the_strided_weights(name, atrous):
+    """An a trous model computes, on every other feature row (column), exactly what its strided original did."""
+    strided = tiny(name)
+    dense = rebuild(strided, encoder={"atrous": atrous}).eval()
+    (dh, dw) = dense.encoder.config.density
+    assert (dh, dw) == ((2, 1) if atrous[1] is False else (4, 2))
+    sh, sw = strided.encoder.config.total_stride
+    assert dense.encoder.config.total_stride == (sh // dh, sw // dw)
+    images, tgt = batch(h=64, w=256)
+    with torch.no_grad():
+        coarse, fine = strided.encoder(images), dense.encoder(images)
+        assert fine.shape[-2:] == dense.feature_shape(64, 256) == (64 // (sh // dh), 256 // (sw // dw))
+        assert torch.allclose(fine[:, :, ::dh, ::dw], coarse, atol=1e-5)
+        # the 2-D positions count the strided model's rows: its memory is a subset of the dense one's
+        memory = dense.encode(images).view(2, *fine.shape[-2:], -1)
+        assert torch.allclose(memory[:, ::dh, ::dw].flatten(1, 2), strided.encode(images), atol=1e-5)
+        assert dense(images, tgt).shape == strided(images, tgt).shape
+    # the weights are the same tensors' values; a change of shape is refused
+    assert all(torch.equal(v, strided.state_dict()[k]) for k, v in dense.state_dict().items())
+    with pytest.raises(ValueError, match="changes the model's weights"):
+        rebuild(strided, d_model=48)
+    with pytest.raises(ValueError, match="one entry per stage"):
+        rebuild(strided, encoder={"atrous": [True]})
 
 
 def _real_pairs(shared_data, n: int = 4) -> tuple[torch.Tensor, list[list[str]]]:

@@ -107,6 +107,22 @@ def test_each_training_set_can_have_its_own_augmentation_strength():
         _augmenters(load_config(None, ["train=[{path: a, augment: -1}]"]))
 
 
+def test_init_from_takes_model_options_that_keep_the_weights():
+    """With init_from, model_options may switch the encoder's stages to a trous (a finer map, same weights)."""
+    from texlens.latex import Vocab
+    from texlens.models import build_model
+    from texlens.training import _build_model
+
+    vocab = Vocab([f"t{i}" for i in range(20)])
+    initial = build_model("resnet-transformer", len(vocab), preset="tiny")
+    atrous = ["model_options={encoder: {atrous: [false, false, true, false]}}"]
+    model = _build_model(load_config(TINY, [*atrous, "dropout=0.2"]), vocab, initial)
+    assert model.encoder.config.atrous == (False, False, True, False) and model.config.dropout == 0.2
+    assert all(torch.equal(v, initial.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="changes the model's weights"):
+        _build_model(load_config(TINY, ["model_options.d_model=48"]), vocab, initial)
+
+
 def test_every_config_in_the_repo_loads():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg = load_config(path)

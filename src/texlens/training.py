@@ -668,23 +668,19 @@ def model_weights(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_model(cfg: TrainConfig, vocab: Vocab, initial: nn.Module | None) -> nn.Module:
-    from texlens.models import build_model, model_config
+    from texlens.models import build_model, model_config, rebuild
 
     overrides = dict(cfg.model_options)
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     if initial is None:
         return build_model(cfg.model, len(vocab), cfg.preset, **overrides)
-    # Start from the given weights, with this run's dropout (the architecture comes from the weights).
-    config = model_config(initial)
-    name = config.pop("name")
+    # Start from the given weights: the architecture comes from them; model_options may change only what
+    # keeps every weight's shape (dropout, the encoder's atrous stages).
+    name = model_config(initial)["name"]
     if name != cfg.model:
         raise ValueError(f"init_from holds a {name} model but the config trains {cfg.model}")
-    if cfg.dropout is not None:
-        config["dropout"] = cfg.dropout
-    model = build_model(name, **config)
-    model.load_state_dict(initial.state_dict())
-    return model
+    return rebuild(initial, **overrides)
 
 
 def read_metrics(log_dir: str | Path) -> dict[str, dict[int, float]]:

@@ -10,6 +10,7 @@ from texlens.models.registry import (
     count_parameters,
     load_model,
     model_config,
+    rebuild,
     save_model,
 )
 from texlens.models.resnet_transformer import ResNetTransformer, ResNetTransformerConfig
@@ -29,5 +30,6 @@ __all__ = [
     "count_parameters",
     "load_model",
     "model_config",
+    "rebuild",
     "save_model",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from texlens.models.encoder import Encoder, EncoderConfig, ImageToLatex, encoder_config, flatten_memory
+from texlens.models.encoder import Encoder, EncoderConfig, ImageToLatex, encoder_config
 
 
 @dataclass
@@ -75,7 +75,7 @@ class CnnRnn(ImageToLatex):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) -> memory (B, h*w, d_model)."""
-        return flatten_memory(self.encoder(images), positional=self.config.positional)
+        return self.encoder.memory(images, positional=self.config.positional)
 
     def init_state(self, memory: torch.Tensor) -> dict:
         """Initial hidden state from the mean memory; the attention projection of the memory, once."""

@@ -8,6 +8,11 @@ narrow glyphs in one column.  Cross-attention over 256 positions costs little ne
 The stem and the first two stages halve both sides (the first stage already works at 1/4 resolution, as in
 ResNet), the third halves only the height and the last keeps the resolution: most of the compute then sits in
 few positions with many channels, which keeps the CPU cost of a 64x256 image near 0.4 GMAC.
+
+``atrous`` turns a stage's stride into a dilation of the later convolutions (DeepLab's "a trous" trick): the
+third stage a trous gives a stride of 8 x 8 (8 rows for a 64-pixel-high image instead of 4) with the very same
+weights, so a model trained with stride 16 starts a finer one exactly where it was (every other row of the new
+map is the old map, and the positional encoding counts rows in the old units).
 """
 
 from __future__ import annotations
@@ -32,22 +37,42 @@ class EncoderConfig:
     d_model: int = 256
     attention: str = "none"
     dropout: float = 0.1
+    # Per stage: True turns that stage's stride into a dilation of every later 3x3 convolution ("a trous", as
+    # in DeepLab). The feature map keeps the stage's input resolution while each later layer sees the same
+    # receptive field as before, so a model trained with strides computes, at every other row (or column),
+    # exactly what it computed before: a finer map can start from a coarser model's weights. Empty: none.
+    atrous: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
         self.widths = tuple(int(w) for w in self.widths)
         self.blocks = tuple(int(b) for b in self.blocks)
         self.strides = tuple((int(s[0]), int(s[1])) for s in self.strides)
-        if not (len(self.widths) == len(self.blocks) == len(self.strides)):
-            raise ValueError("widths, blocks and strides need one entry per stage")
+        self.atrous = tuple(bool(a) for a in self.atrous) or (False,) * len(self.strides)
+        if not (len(self.widths) == len(self.blocks) == len(self.strides) == len(self.atrous)):
+            raise ValueError("widths, blocks, strides and atrous need one entry per stage")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, not {self.attention!r}")
+
+    @property
+    def conv_strides(self) -> tuple[tuple[int, int], ...]:
+        """The stride each stage's first convolution applies: (1, 1) where the stage is a trous."""
+        return tuple((1, 1) if a else s for s, a in zip(self.strides, self.atrous, strict=True))
+
+    @property
+    def density(self) -> tuple[int, int]:
+        """How many feature rows and columns the a trous stages put where the strided model had one."""
+        dh, dw = 1, 1
+        for (h, w), a in zip(self.strides, self.atrous, strict=True):
+            if a:
+                dh, dw = dh * h, dw * w
+        return dh, dw
 
     @property
     def total_stride(self) -> tuple[int, int]:
         """Downsampling factor (height, width) from image to feature map."""
         sh, sw = 2, 2  # the stem
-        for h, w in self.strides:
+        for h, w in self.conv_strides:
             sh, sw = sh * h, sw * w
         return sh, sw
 
@@ -117,17 +142,32 @@ def make_attention(kind: str, channels: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv-BN layers, attention on the residual branch, projection shortcut."""
+    """ResNet basic block: two 3x3 conv-BN layers, attention on the residual branch, projection shortcut.
 
-    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int], attention: str):
+    ``dilation`` is that of the first convolution (on the block's input grid) and ``dilation_out`` that of the
+    second (on its output grid); they differ in the first block of an a trous stage, whose shortcut keeps the
+    projection its strided original had (``project``).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: tuple[int, int],
+        attention: str,
+        dilation: tuple[int, int] = (1, 1),
+        dilation_out: tuple[int, int] | None = None,
+        project: bool = False,
+    ):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        dilation_out = dilation_out or dilation
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=dilation_out, dilation=dilation_out, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.attention = make_attention(attention, c_out)
         self.shortcut: nn.Module = nn.Identity()
-        if c_in != c_out or stride != (1, 1):
+        if project or c_in != c_out or stride != (1, 1):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
             )
@@ -150,9 +190,18 @@ class Encoder(nn.Module):
         )
         stages = []
         c_in = c0
-        for width, n_blocks, stride in zip(config.widths, config.blocks, config.strides, strict=True):
-            blocks = [BasicBlock(c_in, width, stride, config.attention)]
-            blocks += [BasicBlock(width, width, (1, 1), config.attention) for _ in range(n_blocks - 1)]
+        dilation = (1, 1)  # of the strided model's grid on this one's, grown by each a trous stage
+        for width, n_blocks, stride, atrous in zip(
+            config.widths, config.blocks, config.strides, config.atrous, strict=True
+        ):
+            first_in, project = dilation, stride != (1, 1)
+            if atrous:
+                dilation = (dilation[0] * stride[0], dilation[1] * stride[1])
+                stride = (1, 1)
+            blocks = [BasicBlock(c_in, width, stride, config.attention, first_in, dilation, project)]
+            blocks += [
+                BasicBlock(width, width, (1, 1), config.attention, dilation) for _ in range(n_blocks - 1)
+            ]
             stages.append(nn.Sequential(*blocks))
             c_in = width
         self.stages = nn.Sequential(*stages)
@@ -163,18 +212,23 @@ class Encoder(nn.Module):
         """Feature map of a batch of images (ink = 1 on 0)."""
         return self.dropout(self.proj(self.stages(self.stem(images))))
 
+    def memory(self, images: torch.Tensor, positional: bool = True) -> torch.Tensor:
+        """Flattened memory (B, h*w, d_model) of a batch, positions counted on the strided model's grid."""
+        dh, dw = self.config.density
+        return flatten_memory(self(images), positional, step=(1.0 / dh, 1.0 / dw))
+
     def feature_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the feature map for an image of ``height`` x ``width`` pixels."""
         h, w = height, width
-        for conv_stride in [(2, 2), *self.config.strides]:
+        for conv_stride in [(2, 2), *self.config.conv_strides]:
             # 3x3 conv, padding 1: out = floor((n - 1) / s) + 1
             h, w = (h - 1) // conv_stride[0] + 1, (w - 1) // conv_stride[1] + 1
         return h, w
 
 
-def sinusoid_1d(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """Sinusoidal position table (length, dim) of "Attention is all you need"."""
-    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+def sinusoid_1d(length: int, dim: int, device: torch.device | None = None, step: float = 1.0) -> torch.Tensor:
+    """Sinusoidal position table (length, dim) of "Attention is all you need", positions 0, step, 2 step..."""
+    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None] * step
     freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, device=device)
     table[:, 0::2] = torch.sin(pos * freq)
@@ -182,22 +236,30 @@ def sinusoid_1d(length: int, dim: int, device: torch.device | None = None) -> to
     return table
 
 
-def sinusoid_2d(height: int, width: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+def sinusoid_2d(
+    height: int,
+    width: int,
+    dim: int,
+    device: torch.device | None = None,
+    step: tuple[float, float] = (1.0, 1.0),
+) -> torch.Tensor:
     """2-D sinusoidal encoding (dim, height, width): half the channels encode the row, half the column."""
     half = dim // 2
-    rows = sinusoid_1d(height, half, device)  # (h, half)
-    cols = sinusoid_1d(width, dim - half, device)  # (w, dim - half)
+    rows = sinusoid_1d(height, half, device, step[0])  # (h, half)
+    cols = sinusoid_1d(width, dim - half, device, step[1])  # (w, dim - half)
     pe = torch.cat(
         [rows.T[:, :, None].expand(half, height, width), cols.T[:, None, :].expand(dim - half, height, width)]
     )
     return pe
 
 
-def flatten_memory(features: torch.Tensor, positional: bool = True) -> torch.Tensor:
+def flatten_memory(
+    features: torch.Tensor, positional: bool = True, step: tuple[float, float] = (1.0, 1.0)
+) -> torch.Tensor:
     """Feature map (B, D, h, w) -> memory (B, h*w, D), row-major, with the 2-D positional encoding added."""
     b, d, h, w = features.shape
     if positional:
-        features = features + sinusoid_2d(h, w, d, features.device).to(features.dtype)
+        features = features + sinusoid_2d(h, w, d, features.device, step).to(features.dtype)
     return features.flatten(2).transpose(1, 2).contiguous()
 
 

@@ -103,6 +103,28 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return json.loads(json.dumps({"name": model.name, **config}))  # tuples -> lists, checks it serialises
 
 
+def rebuild(model: nn.Module, **overrides: Any) -> ImageToLatex:
+    """A model of ``model``'s architecture with config fields overridden, holding ``model``'s weights.
+
+    For what changes no weight's shape: dropout, or the encoder's ``atrous`` stages (a finer feature map
+    from a coarser model's weights). An override that would need other weights is refused, naming them.
+    """
+    config = _merge(model_config(model), overrides)
+    name = config.pop("name")
+    new = build_model(name, **config)
+    theirs = model.state_dict()
+    mismatched = sorted(
+        k for k, v in new.state_dict().items() if k not in theirs or tuple(theirs[k].shape) != tuple(v.shape)
+    )
+    if mismatched or set(theirs) - set(new.state_dict()):
+        shown = ", ".join(mismatched[:5]) or ", ".join(sorted(set(theirs) - set(new.state_dict()))[:5])
+        raise ValueError(
+            f"{overrides} changes the model's weights ({shown}...); train that model from scratch"
+        )
+    new.load_state_dict(theirs)
+    return new
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())

@@ -19,7 +19,6 @@ from texlens.models.encoder import (
     EncoderConfig,
     ImageToLatex,
     encoder_config,
-    flatten_memory,
     sinusoid_1d,
 )
 
@@ -152,7 +151,7 @@ class ResNetTransformer(ImageToLatex):
     # --- image side -------------------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, H, W) -> memory (B, h*w, d_model) with 2-D positions."""
-        return flatten_memory(self.encoder(images))
+        return self.encoder.memory(images)
 
     # --- token side -------------------------------------------------------------------------------------------
     def embed_tokens(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
