@@ -112,16 +112,12 @@ def rebuild(model: nn.Module, **overrides: Any) -> ImageToLatex:
     config = _merge(model_config(model), overrides)
     name = config.pop("name")
     new = build_model(name, **config)
-    theirs = model.state_dict()
-    mismatched = sorted(
-        k for k, v in new.state_dict().items() if k not in theirs or tuple(theirs[k].shape) != tuple(v.shape)
-    )
-    if mismatched or set(theirs) - set(new.state_dict()):
-        shown = ", ".join(mismatched[:5]) or ", ".join(sorted(set(theirs) - set(new.state_dict()))[:5])
+    try:
+        new.load_state_dict(model.state_dict())  # strict: names every missing, unexpected or resized weight
+    except RuntimeError as exc:
         raise ValueError(
-            f"{overrides} changes the model's weights ({shown}...); train that model from scratch"
-        )
-    new.load_state_dict(theirs)
+            f"{overrides} changes the model's weights; train that model from scratch. {exc}"
+        ) from exc
     return new
 
 
