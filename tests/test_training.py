@@ -263,6 +263,38 @@ def test_periodic_checkpoints_are_written_once_per_optimizer_step(tmp_path):
     assert saved == ["last.ckpt", "step-000003.ckpt", "last.ckpt"]
 
 
+def test_steps_with_nonfinite_gradients_are_skipped_and_a_diverged_run_stops(shared_data, tmp_path, monkeypatch):
+    poisoned = {3, 4}
+    original = LitImageToLatex.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)  # a NaN loss gives NaN gradients
+        return loss * float("nan") if self.global_step in poisoned else loss
+
+    weights: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        weights[self.global_step] = [p.detach().clone() for p in self.model.parameters()]
+
+    monkeypatch.setattr(LitImageToLatex, "training_step", training_step)
+    monkeypatch.setattr(LitImageToLatex, "on_train_batch_end", on_train_batch_end)
+    out = tmp_path / "run"
+    train(load_config(TINY, tiny_overrides(shared_data, out, "max_steps=8", "val_every_n_steps=1000")))
+    same = [all(torch.equal(a, b) for a, b in zip(weights[s], weights[s + 1], strict=True)) for s in range(1, 7)]
+    assert same == [False, False, True, True, False, False]  # steps 3 and 4 left the weights alone
+    assert all(torch.isfinite(p).all() for p in weights[8])
+    assert [v for _, v in logged(out, "train/skipped_steps")][-1] == 2.0
+
+    poisoned.update(range(100))
+    with pytest.raises(RuntimeError, match="NaN or inf for 3 optimizer steps in a row.*diverged"):
+        train(
+            load_config(
+                TINY,
+                tiny_overrides(shared_data, tmp_path / "run2", "max_steps=8", "max_nonfinite_steps=3"),
+            )
+        )
+
+
 def test_cnn_rnn_trains_with_scheduled_sampling(shared_data, tmp_path):
     out = tmp_path / "run"
     extra = [

@@ -104,6 +104,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_accum: int = 1
     grad_clip: float | None = 1.0
+    # An optimizer step whose gradients hold NaN or inf is skipped (its weights and Adam state stay as they were),
+    # as fp16 loss scaling does; this many such steps in a row stop the run as diverged.
+    max_nonfinite_steps: int = 25
     # > 0: keep an exponential moving average of the weights (e.g. 0.999, about the last 1,000 steps), which
     # validation measures and export writes (supervised mode).
     ema_decay: float = 0.0
@@ -147,6 +150,8 @@ class TrainConfig:
             raise ValueError("max_steps must be >= 1 (the learning-rate schedule is laid out over it)")
         if self.grad_accum < 1 or self.batch_size < 1 or self.val_every_n_steps < 1:
             raise ValueError("grad_accum, batch_size and val_every_n_steps must be >= 1")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError("max_nonfinite_steps must be >= 1 (non-finite steps in a row before the run stops)")
         if self.keep_every_n_steps < 0:
             raise ValueError("keep_every_n_steps must be >= 0 (0 keeps only last.ckpt and best.ckpt)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -429,6 +434,35 @@ class _LitBase(pl.LightningModule):
         super().__init__()
         self.model, self.vocab, self.cfg = model, vocab, cfg
         self.save_hyperparameters({"config": asdict(cfg)})
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, this process
+        self._nonfinite_in_a_row = 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose gradients are not finite; stop the run after ``max_nonfinite_steps`` in a row.
+
+        bf16 autocast on CPUs with AMX (and half precision on GPUs) now and then gives a NaN gradient on a batch
+        whose loss is finite; one such step would turn every weight into NaN. Without gradients AdamW leaves
+        the weights and its moments alone. Under DDP the gradients are already reduced, so ranks agree.
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+        if bool(torch.isfinite(norm)):
+            self._nonfinite_in_a_row = 0
+            return
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self._nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
+            raise RuntimeError(
+                f"the gradients were NaN or inf for {self._nonfinite_in_a_row} optimizer steps in a row (step "
+                f"{self.global_step}): training has diverged. Lower lr, set grad_clip, or train in full precision "
+                f"(precision: '32'); last.ckpt holds the last good weights"
+            )
 
     @property
     def net(self) -> nn.Module:
