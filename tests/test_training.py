@@ -263,7 +263,9 @@ def test_periodic_checkpoints_are_written_once_per_optimizer_step(tmp_path):
     assert saved == ["last.ckpt", "step-000003.ckpt", "last.ckpt"]
 
 
-def test_steps_with_nonfinite_gradients_are_skipped_and_a_diverged_run_stops(shared_data, tmp_path, monkeypatch):
+def test_steps_with_nonfinite_gradients_are_skipped_and_a_diverged_run_stops(
+    shared_data, tmp_path, monkeypatch
+):
     poisoned = {3, 4}
     original = LitImageToLatex.training_step
 
@@ -280,7 +282,9 @@ def test_steps_with_nonfinite_gradients_are_skipped_and_a_diverged_run_stops(sha
     monkeypatch.setattr(LitImageToLatex, "on_train_batch_end", on_train_batch_end)
     out = tmp_path / "run"
     train(load_config(TINY, tiny_overrides(shared_data, out, "max_steps=8", "val_every_n_steps=1000")))
-    same = [all(torch.equal(a, b) for a, b in zip(weights[s], weights[s + 1], strict=True)) for s in range(1, 7)]
+    same = [
+        all(torch.equal(a, b) for a, b in zip(weights[s], weights[s + 1], strict=True)) for s in range(1, 7)
+    ]
     assert same == [False, False, True, True, False, False]  # steps 3 and 4 left the weights alone
     assert all(torch.isfinite(p).all() for p in weights[8])
     assert [v for _, v in logged(out, "train/skipped_steps")][-1] == 2.0

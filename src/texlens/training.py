@@ -151,7 +151,9 @@ class TrainConfig:
         if self.grad_accum < 1 or self.batch_size < 1 or self.val_every_n_steps < 1:
             raise ValueError("grad_accum, batch_size and val_every_n_steps must be >= 1")
         if self.max_nonfinite_steps < 1:
-            raise ValueError("max_nonfinite_steps must be >= 1 (non-finite steps in a row before the run stops)")
+            raise ValueError(
+                "max_nonfinite_steps must be >= 1 (non-finite steps in a row before the run stops)"
+            )
         if self.keep_every_n_steps < 0:
             raise ValueError("keep_every_n_steps must be >= 0 (0 keeps only last.ckpt and best.ckpt)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -447,7 +449,9 @@ class _LitBase(pl.LightningModule):
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+        )
         if bool(torch.isfinite(norm)):
             self._nonfinite_in_a_row = 0
             return
