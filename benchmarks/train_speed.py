@@ -17,12 +17,12 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
 from texlens.training import (
     FormulaDataModule,
+    LitImageToLatex,
     _build_model,
     _cpu_has_fast_bf16,
     _read_spec,
@@ -65,9 +65,8 @@ def main() -> None:
         model = _build_model(cfg, vocab, initial)
         model.load_state_dict(start)
         model.train()
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
-        )
+        lit = LitImageToLatex(model, vocab, cfg)  # training's loss and optimizer (no trainer: no schedule)
+        optimizer = lit.configure_optimizers()["optimizer"]
         losses, bad, images = [], 0, 0
         for i, batch in enumerate(batches):
             if i == WARMUP:
@@ -75,12 +74,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(batch.images, batch.tgt_in)
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                batch.tgt_out.reshape(-1),
-                ignore_index=vocab.pad_id,
-                label_smoothing=cfg.label_smoothing,
-            )
+            loss = lit.token_loss(logits, batch.tgt_out)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if torch.isfinite(norm):

@@ -439,27 +439,40 @@ class _LitBase(pl.LightningModule):
         self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, this process
         self._nonfinite_in_a_row = 0
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip a step whose gradients are not finite; stop the run after ``max_nonfinite_steps`` in a row.
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Skip a step whose gradients are not finite (stop after ``max_nonfinite_steps`` in a row), else clip.
 
         bf16 autocast on CPUs with AMX (and half precision on GPUs) now and then gives a NaN gradient on a batch
         whose loss is finite; one such step would turn every weight into NaN. Without gradients AdamW leaves
-        the weights and its moments alone. Under DDP the gradients are already reduced, so ranks agree.
+        the weights and its moments alone. Lightning calls this before every optimizer step, clipping or not, so
+        the total norm is computed once for both the check and the clipping. Under DDP the gradients are already
+        reduced, so ranks agree.
         """
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
             return
-        norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-        )
-        if bool(torch.isfinite(norm)):
-            self._nonfinite_in_a_row = 0
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not bool(torch.isfinite(norm)):
+            self._skip_nonfinite_step(params)
             return
+        self._nonfinite_in_a_row = 0
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        else:  # "value": Lightning's own
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _skip_nonfinite_step(self, params: list[torch.Tensor]) -> None:
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None
+        for p in params:
+            p.grad = None
         self.log("train/skipped_steps", float(self.skipped_steps))
         if self._nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
             raise RuntimeError(
