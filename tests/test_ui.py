@@ -129,6 +129,32 @@ def _click(driver, by, selector: str, label: str) -> bool:
     return False
 
 
+def _click_until(driver, by, selector: str, label: str, done, timeout: float = 120, again_after: float = 10):
+    """Click the element until ``done(driver)`` holds, and return what it returned.
+
+    A click that lands while Streamlit swaps the page for a rerun can be lost; when the app has gone idle without
+    ``done`` holding, ``again_after`` seconds after the last click, click again (reading twice is harmless).
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline, clicked = time.monotonic() + timeout, -float("inf")
+    while time.monotonic() < deadline:
+        try:
+            result = done(driver)
+            if result:
+                return result
+            if (
+                time.monotonic() - clicked > again_after
+                and _idle(driver, by)
+                and _click(driver, by, selector, label)
+            ):
+                clicked = time.monotonic()
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"clicking {label!r} had no effect within {timeout:.0f} s")
+
+
 CHROME_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -212,8 +238,7 @@ def test_browser_end_to_end(model_dir: Path, formula_png: Path, tmp_path: Path) 
         assert "Traceback" not in text and "Error" not in text.split("History")[0]
 
         # Draw a formula with the mouse on the canvas (streamlit-drawable-canvas) and read it.
-        wait.until(lambda d: _click(d, By, "[role=tab]", "Draw"))
-        canvas = wait.until(lambda d: _drawing_canvas(d, By))
+        canvas = _click_until(driver, By, "[role=tab]", "Draw", lambda d: _drawing_canvas(d, By))
         strokes = ActionChains(driver).move_to_element_with_offset(canvas, -150, 0).click_and_hold()
         for k in range(24):
             strokes.move_by_offset(10, 8 if k % 2 else -8)
@@ -221,9 +246,16 @@ def test_browser_end_to_end(model_dir: Path, formula_png: Path, tmp_path: Path) 
         ActionChains(driver).move_to_element_with_offset(canvas, -60, -40).click_and_hold().move_by_offset(
             0, 80
         ).release().perform()
-        # Each stroke sends the drawing and reruns the script; click once those reruns are over.
-        wait.until(lambda d: _idle(d, By) and _click(d, By, "button", "Read the drawing"))
-        wait.until(lambda d: "Read from drawing.png (drawn)" in d.find_element(By.TAG_NAME, "body").text)
+        # Each stroke sends the drawing and reruns the script; click once those reruns are over, and again if
+        # the click was lost in a rerun.
+        wait.until(lambda d: _idle(d, By))
+        _click_until(
+            driver,
+            By,
+            "button",
+            "Read the drawing",
+            lambda d: "Read from drawing.png (drawn)" in d.find_element(By.TAG_NAME, "body").text,
+        )
         wait.until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=stCode] code"))
         )
