@@ -136,7 +136,16 @@ def test_identical_images_in_one_batch_get_identical_results(predictor: Predicto
 def test_json_shape(predictor: Predictor, shared_data: Path) -> None:
     result = predictor.predict(real_images(shared_data, 1)[0])
     data = json.loads(json.dumps(result.to_json()))
-    assert list(data) == ["image", "latex", "confidence", "tokens", "token_confidences", "alternatives", "ms"]
+    assert list(data) == [
+        "image",
+        "latex",
+        "confidence",
+        "tokens",
+        "token_confidences",
+        "alternatives",
+        "ms",
+        "handwritten",
+    ]
     assert data["latex"] == result.latex and data["tokens"] == result.tokens
     assert all(0.0 <= c <= 1.0 for c in data["token_confidences"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -149,7 +150,9 @@ def test_schedules():
 def transformer_run(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("rt") / "run"
     torch.set_num_threads(1)
-    model_dir = train(load_config(TINY, tiny_overrides(shared_data, out)))
+    # Handwriting read at its own glyph height (12 px instead of 9.4): the setting must reach the export.
+    extra = ["preprocess.handwriting_glyph_height=12", "train.0.handwritten=true", "val.0.handwritten=true"]
+    model_dir = train(load_config(TINY, tiny_overrides(shared_data, out, *extra)))
     return out, model_dir
 
 
@@ -197,6 +200,10 @@ def test_export_averages_weights_with_other_checkpoints(transformer_run, tmp_pat
         expected = (original[key] + moved[key]) / 2 if value.is_floating_point() else original[key]
         torch.testing.assert_close(value, expected, msg=key)
     assert not torch.equal(averaged.state_dict()["head.weight"], original["head.weight"])  # they did move
+    # The preprocessing the run trained with travels from the checkpoint into config.json.
+    for exported in (tmp_path / "avg", transformer_run[1]):
+        saved = json.loads((exported / "config.json").read_text(encoding="utf-8"))
+        assert saved["preprocess"] == {"handwriting_glyph_height": 12}, exported
     # Another architecture (or vocabulary) is refused with a reason, and nothing is written.
     config = model_config(model)
     name = config.pop("name")

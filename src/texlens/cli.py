@@ -303,9 +303,12 @@ def export_model_cmd(
         ),
     ] = None,
 ) -> None:
-    """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint or model dir."""
+    """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint or model dir.
+
+    config.json keeps the preprocessing the model was trained with; a router already in OUT_DIR stays.
+    """
     from texlens.models import average_weights, save_model
-    from texlens.training import load_initial
+    from texlens.training import load_initial, trained_preprocess, write_preprocess
 
     model, vocab = load_initial(checkpoint)
     if average_with:
@@ -317,7 +320,9 @@ def export_model_cmd(
             model = average_weights([model, *(other for other, _ in others)])
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    print(save_model(model.eval().half() if fp16 else model.eval(), vocab, out_dir))
+    model_dir = save_model(model.eval().half() if fp16 else model.eval(), vocab, out_dir)
+    write_preprocess(model_dir, trained_preprocess(checkpoint))
+    print(model_dir)
 
 
 @app.command()

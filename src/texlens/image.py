@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +49,22 @@ class PreprocessConfig:
     margin: int = 4
     # Tiny inputs (one small symbol) are not blown up beyond this factor: the estimate is unreliable there.
     max_upscale: float = 4.0
+    # Glyph height for handwriting (None = the same as print). Training reads sets marked ``handwritten`` at
+    # it; the Predictor reads an image at it when the model's router (texlens.models.router) calls the image
+    # handwritten. Handwriting shrunk to the printed scale loses its small subscripts.
+    handwriting_glyph_height: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("target_glyph_height", "handwriting_glyph_height"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number of pixels, not {value!r}")
+
+    def for_handwriting(self) -> PreprocessConfig:
+        """This config with the handwriting glyph height as the target (itself if there is none)."""
+        if self.handwriting_glyph_height is None:
+            return self
+        return replace(self, target_glyph_height=float(self.handwriting_glyph_height))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from texlens.decoding import Hypothesis, beam_search, confidence, greedy_decode
 from texlens.image import ImageError, ImageSource, PreprocessConfig, batch_images, load_image, preprocess
 from texlens.latex import SPECIAL_TOKENS, Vocab, to_latex
+from texlens.models.router import load_router
 
 __all__ = ["BACKENDS", "Prediction", "Predictor", "resolve_model_dir"]
 
@@ -46,6 +48,7 @@ class Prediction:
     error: str | None = None
     attention: np.ndarray | None = None  # (T, h, w): where each output token looked in the feature map
     image_size: tuple[int, int] | None = None  # (H, W) of the preprocessed image
+    handwritten: bool | None = None  # what the model's router said (None: the model has no router)
     pixels: np.ndarray | None = None  # the preprocessed image (ink = 1), kept when attention is asked for
 
     def to_json(self) -> dict[str, Any]:
@@ -60,6 +63,7 @@ class Prediction:
             "token_confidences": [round(c, 6) for c in self.token_confidences],
             "alternatives": [[latex, round(conf, 6)] for latex, conf in self.alternatives],
             "ms": round(self.ms, 3),
+            "handwritten": self.handwritten,
         }
 
 
@@ -140,6 +144,16 @@ class Predictor:
             self.model = OnnxModel(onnx_dir, int8=backend == "onnx-int8", num_threads=num_threads)
             self.vocab = Vocab.load(onnx_dir / "vocab.json")
         self.preprocess_config = read_preprocess_config(self.model_dir)
+        self.router = load_router(self.model_dir)
+        self.router_preprocess = self.preprocess_config
+        if self.router is not None:
+            self.router_preprocess = PreprocessConfig(**self.router.config.preprocess)
+        elif self.preprocess_config.handwriting_glyph_height is not None:
+            warnings.warn(
+                f"{self.model_dir}/config.json sets handwriting_glyph_height but the directory has no router "
+                "(router.safetensors, router.json): every image is read at the printed scale",
+                stacklevel=2,
+            )
         # The decoder's position table bounds the output: never ask for more tokens than it has positions.
         model_limit = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8")).get("max_len")
         if model_limit:
@@ -182,7 +196,26 @@ class Predictor:
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
         """The model's view of an image: float32 (H, W), ink = 1 (raises ImageError)."""
-        return preprocess(load_image(source), self.preprocess_config)
+        return self._prepare(load_image(source))[0]
+
+    def _prepare(self, image: Any) -> tuple[np.ndarray, bool | None]:
+        """The model's view of a loaded image, and whether the router called it handwritten (None: no router).
+
+        Every image is preprocessed at the printed scale first; one the router calls handwritten is preprocessed
+        again at the model's handwriting glyph height, if it has one.
+        """
+        pixels = preprocess(image, self.preprocess_config)
+        if self.router is None:
+            return pixels, None
+        same = replace(self.router_preprocess, handwriting_glyph_height=None) == replace(
+            self.preprocess_config, handwriting_glyph_height=None
+        )
+        view = pixels if same else preprocess(image, self.router_preprocess)
+        with torch.inference_mode():
+            handwritten = bool(self.router(torch.from_numpy(np.ascontiguousarray(view))[None, None])[0] > 0)
+        if handwritten and self.preprocess_config.handwriting_glyph_height is not None:
+            pixels = preprocess(image, self.preprocess_config.for_handwriting())
+        return pixels, handwritten
 
     # --- internals --------------------------------------------------------------------------------------------
     def _predict_window(
@@ -195,7 +228,7 @@ class Predictor:
             name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", None)
             start = time.perf_counter()
             try:
-                pixels = self.preprocess(source)
+                pixels, handwritten = self._prepare(load_image(source))
             except ImageError as exc:
                 message = str(exc)
                 if name and message.startswith(f"{name}: "):  # the path is in the "image" field already
@@ -203,7 +236,11 @@ class Predictor:
                 results.append(Prediction(image=name, error=message))
                 continue
             ms = (time.perf_counter() - start) * 1000
-            results.append(Prediction(image=name, ms=ms, image_size=(pixels.shape[0], pixels.shape[1])))
+            results.append(
+                Prediction(
+                    image=name, ms=ms, image_size=(pixels.shape[0], pixels.shape[1]), handwritten=handwritten
+                )
+            )
             ready.append((i, pixels))
         # Similar widths together: less padding, so less encoder work and cleaner attention.
         ready.sort(key=lambda item: (item[1].shape[1], item[1].shape[0]))

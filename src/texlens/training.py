@@ -66,8 +66,12 @@ class DatasetSpec:
     path: str
     weight: float = 1.0
     limit: int | None = None  # use only the first N samples (quick runs, tests)
+    offset: int = 0  # skip the first N samples (with limit: carve a held-out part out of a training set)
     name: str | None = None  # shown in logs; default: the folder name
     augment: float | None = None  # training sets only: own augmentation strength; default ``cfg.augment``
+    # Handwriting (e.g. CROHME): read at ``preprocess.handwriting_glyph_height`` when that is set, and the
+    # "handwritten" class when training the router (mode: router).
+    handwritten: bool = False
 
 
 @dataclass
@@ -139,7 +143,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "mode": ("supervised", "mlm"),
+            "mode": ("supervised", "mlm", "router"),
             "schedule": ("cosine", "linear", "constant"),
             "teacher_forcing": ("teacher", "free", "scheduled"),
         }
@@ -158,8 +162,8 @@ class TrainConfig:
             raise ValueError("keep_every_n_steps must be >= 0 (0 keeps only last.ckpt and best.ckpt)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay}: use 0 (off) or a decay below 1, e.g. 0.999")
-        if self.ema_decay and self.mode == "mlm":
-            raise ValueError("ema_decay is for supervised training; MLM pre-training keeps plain weights")
+        if self.ema_decay and self.mode != "supervised":
+            raise ValueError(f"ema_decay is for supervised training; mode {self.mode} keeps plain weights")
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -280,10 +284,15 @@ def _read_spec(spec: DatasetSpec) -> list[Any]:
     samples, issues = read_dataset(spec.path)
     if issues:
         log.warning("%s: %d lines skipped\n%s", spec.path, len(issues), format_issues(issues))
+    if spec.offset < 0 or (spec.limit is not None and spec.limit < 0):
+        raise ValueError(f"dataset {spec.path}: offset and limit must be >= 0")
+    samples = samples[spec.offset :]
     if spec.limit is not None:
         samples = samples[: spec.limit]
     if not samples:
-        raise ValueError(f"dataset {spec.path} has no usable samples")
+        raise ValueError(
+            f"dataset {spec.path} has no usable samples (offset {spec.offset}, limit {spec.limit})"
+        )
     return samples
 
 
@@ -304,6 +313,22 @@ def _preprocess_config(cfg: TrainConfig) -> Any:
     from texlens.image import PreprocessConfig
 
     return PreprocessConfig(**cfg.preprocess)
+
+
+def preprocess_config_for(cfg: TrainConfig, spec: DatasetSpec) -> Any:
+    """How a dataset's images are preprocessed: handwritten sets at the handwriting glyph height, if one is set."""
+    config = _preprocess_config(cfg)
+    return config.for_handwriting() if spec.handwritten else config
+
+
+def write_preprocess(model_dir: str | Path, preprocess: dict[str, Any]) -> None:
+    """Record the preprocessing a model was trained with in its config.json (``read_preprocess_config``)."""
+    if not preprocess:
+        return
+    config_file = Path(model_dir) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["preprocess"] = dict(preprocess)
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 VAL_SUBSET_SEED = 0  # not the training seed: runs that differ only in their seed validate on the same images
@@ -345,12 +370,14 @@ class FormulaDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.cfg, self.vocab = cfg, vocab
-        pre = _preprocess_config(cfg)
         self.train_sets = [
-            FormulaDataset(s, vocab, pre, augment, cfg.max_tokens)
-            for s, augment in zip(train_samples, _augmenters(cfg), strict=True)
+            FormulaDataset(s, vocab, preprocess_config_for(cfg, spec), augment, cfg.max_tokens)
+            for s, spec, augment in zip(train_samples, cfg.train, _augmenters(cfg), strict=True)
         ]
-        self.val_sets = [FormulaDataset(s, vocab, pre, None, cfg.max_tokens) for s in val_samples]
+        self.val_sets = [
+            FormulaDataset(s, vocab, preprocess_config_for(cfg, spec), None, cfg.max_tokens)
+            for s, spec in zip(val_samples, cfg.val, strict=True)
+        ]
         self.val_names = [_spec_name(s) for s in cfg.val]
         self._train_sizes: list[tuple[int, int]] | None = None
 
@@ -520,8 +547,13 @@ class _LitBase(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from texlens.models import model_config
 
-        # Enough to rebuild the model from the checkpoint alone (init_from=some.ckpt).
-        checkpoint["texlens"] = {"model_config": model_config(self.model), "vocab": list(self.vocab.itos)}
+        # Enough to rebuild the model from the checkpoint alone (init_from=some.ckpt), and to export it with the
+        # preprocessing it was trained with (texlens export model).
+        checkpoint["texlens"] = {
+            "model_config": model_config(self.model),
+            "vocab": list(self.vocab.itos),
+            "preprocess": dict(self.cfg.preprocess),
+        }
 
 
 class LitImageToLatex(_LitBase):
@@ -712,6 +744,15 @@ def load_initial(path: str | Path) -> tuple[nn.Module, Vocab]:
     return model, vocab
 
 
+def trained_preprocess(path: str | Path) -> dict[str, Any]:
+    """The preprocessing settings a model directory or training ``.ckpt`` was trained with ({} = defaults)."""
+    path = Path(path)
+    if path.is_dir():
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return dict(config.get("preprocess") or {})
+    return dict(_load_checkpoint(path).get("texlens", {}).get("preprocess") or {})
+
+
 def model_weights(state: dict[str, Any]) -> dict[str, Any]:
     """The model's weights in a training checkpoint's state dict: the moving average if the run kept one."""
     prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in state) else "model."
@@ -786,11 +827,10 @@ def plot_curves(log_dir: str | Path, out_png: str | Path) -> Path | None:
 # ============================================================================ train()
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run training as ``cfg`` says; returns the exported model directory ``OUT/model``."""
+def prepare_output(cfg: TrainConfig, resume: bool) -> tuple[Path, Path]:
+    """Check the run's folder (a new run must not overwrite one, ``--resume`` needs one); (OUT, last.ckpt)."""
     out = Path(cfg.output_dir)
-    ckpt_dir = out / CHECKPOINT_DIR
-    resume_from = ckpt_dir / LAST_CKPT
+    resume_from = out / CHECKPOINT_DIR / LAST_CKPT
     if resume and not resume_from.is_file():
         raise FileNotFoundError(f"--resume: {resume_from} does not exist; start the run without --resume")
     if not resume and resume_from.is_file():
@@ -801,34 +841,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ValueError("the config needs at least one training and one validation dataset (train:, val:)")
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return out, resume_from
 
-    train_samples = [_read_spec(spec) for spec in cfg.train]
-    val_samples = [_val_subset(_read_spec(spec), cfg.val_samples) for spec in cfg.val]
-    initial = None
-    if resume:
-        vocab = Vocab.load(out / VOCAB_FILE)  # the run's own vocabulary: ids must not move
-    elif cfg.init_from:
-        initial, vocab = load_initial(cfg.init_from)
-    else:
-        vocab = build_vocab(cfg, train_samples)
-    vocab.save(out / VOCAB_FILE)
-    _report_unknown(vocab, train_samples)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")
 
-    model = _build_model(cfg, vocab, initial)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.mode == "mlm":
-        from texlens.mlm import LitMaskedLM, TextDataModule
-
-        lit: _LitBase = LitMaskedLM(model, vocab, cfg)
-        datamodule: pl.LightningDataModule = TextDataModule(cfg, vocab, train_samples, val_samples)
-    else:
-        datamodule = FormulaDataModule(cfg, vocab, train_samples, val_samples)
-        lit = LitImageToLatex(model, vocab, cfg, datamodule.val_names)
-
+def build_trainer(
+    cfg: TrainConfig, lit: pl.LightningModule, resume_from: Path, distributed_sampler: bool = False
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Trainer every mode uses: best and last checkpoints, early stopping, LR log, CSV log; (trainer, best)."""
+    out = Path(cfg.output_dir)
     best = ModelCheckpoint(
-        dirpath=ckpt_dir,
+        dirpath=out / CHECKPOINT_DIR,
         filename=Path(BEST_CKPT).stem,
         monitor=lit.monitor,
         mode=lit.monitor_mode,
@@ -872,12 +894,48 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         enable_progress_bar=cfg.progress_bar,
         num_sanity_val_steps=0,
         # The bucket sampler shards batches across ranks itself; plain loaders (MLM text) get Lightning's.
-        use_distributed_sampler=cfg.mode == "mlm",
+        use_distributed_sampler=distributed_sampler,
     )
-    if resume:
+    if resume_from.is_file():
         # A resumed epoch restarts its (seeded) batch order; repeating part of one epoch is harmless.
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    return trainer, best
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Run training as ``cfg`` says; returns the exported model directory ``OUT/model``."""
+    if cfg.mode == "router":
+        from texlens.router import train_router
+
+        return train_router(cfg, resume)
+    out, resume_from = prepare_output(cfg, resume)
+    train_samples = [_read_spec(spec) for spec in cfg.train]
+    val_samples = [_val_subset(_read_spec(spec), cfg.val_samples) for spec in cfg.val]
+    initial = None
+    if resume:
+        vocab = Vocab.load(out / VOCAB_FILE)  # the run's own vocabulary: ids must not move
+    elif cfg.init_from:
+        initial, vocab = load_initial(cfg.init_from)
+    else:
+        vocab = build_vocab(cfg, train_samples)
+    vocab.save(out / VOCAB_FILE)
+    _report_unknown(vocab, train_samples)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")
+
+    model = _build_model(cfg, vocab, initial)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.mode == "mlm":
+        from texlens.mlm import LitMaskedLM, TextDataModule
+
+        lit: _LitBase = LitMaskedLM(model, vocab, cfg)
+        datamodule: pl.LightningDataModule = TextDataModule(cfg, vocab, train_samples, val_samples)
+    else:
+        datamodule = FormulaDataModule(cfg, vocab, train_samples, val_samples)
+        lit = LitImageToLatex(model, vocab, cfg, datamodule.val_names)
+
+    trainer, best = build_trainer(cfg, lit, resume_from, distributed_sampler=cfg.mode == "mlm")
     started = time.time()
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from if resume else None)
     if not trainer.is_global_zero:
@@ -913,11 +971,7 @@ def _finish(
         model.load_state_dict(model_weights(_load_checkpoint(best_path)["state_dict"]))
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     model_dir = save_model(model, vocab, out / MODEL_DIR)
-    if cfg.preprocess:  # the Predictor must preprocess as training did (read_preprocess_config)
-        config_file = model_dir / "config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        config["preprocess"] = dict(cfg.preprocess)
-        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_preprocess(model_dir, cfg.preprocess)  # the Predictor must preprocess as training did
     curves = plot_curves(out / "logs", out / CURVES_FILE)
     summary = {
         "mode": cfg.mode,

@@ -278,7 +278,8 @@ def bundled_models() -> list[dict[str, str]]:
 
 
 def prediction_json(prediction: Any) -> dict[str, Any]:
-    """A Prediction as the API's JSON: latex, confidence, ms, tokens, token_confidences, alternatives."""
+    """A Prediction as the API's JSON: latex, confidence, ms, tokens, token_confidences, alternatives, and
+    handwritten (what the model's router said; null for a model without one)."""
     if getattr(prediction, "error", None):
         return {"error": prediction.error, "status": 422}
     return {
@@ -291,6 +292,7 @@ def prediction_json(prediction: Any) -> dict[str, Any]:
             {"latex": latex, "confidence": round(float(conf), 6)}
             for latex, conf in (prediction.alternatives or [])
         ],
+        "handwritten": getattr(prediction, "handwritten", None),
     }
 
 

@@ -57,6 +57,7 @@ def predict_local(data: bytes, model: str | None, beam: int, attention: bool) ->
         "ms": prediction.ms,
         "tokens": prediction.tokens,
         "alternatives": [{"latex": latex, "confidence": conf} for latex, conf in prediction.alternatives],
+        "handwritten": prediction.handwritten,
     }
     if attention and prediction.attention is not None and len(prediction.tokens):
         from texlens.visualize import save_attention_map
@@ -138,6 +139,8 @@ def show_result(result: dict[str, Any], current: dict[str, Any]) -> None:
     c1, c2 = st.columns(2)
     c1.metric("Confidence", f"{result['confidence']:.1%}")
     c2.metric("Time", f"{result['ms']:.0f} ms")
+    if result.get("handwritten") is not None:
+        st.caption("Read as handwriting" if result["handwritten"] else "Read as print")
     if result.get("alternatives"):
         st.markdown("**Other readings (beam search)**")
         for alt in result["alternatives"]:

@@ -1,0 +1,67 @@
+"""How often a model's handwriting router is right, on the validation sets, and what it costs per image.
+
+    python benchmarks/router_accuracy.py [--model DIR] [--n 1000]
+
+The router (``texlens.models.router``, trained by ``texlens train --config configs/router.yaml``) never saw
+these sets: the cn_math set is in a font no training image uses (Euler), IM2LATEX is the held-back part, and
+CROHME 2014 test is the handwritten test set. Prints per set the share called handwritten, the accuracy, and the
+router's median time per image (preprocessing excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from texlens.data.formats import read_dataset
+from texlens.image import PreprocessConfig, load_image, preprocess
+from texlens.models.router import load_router
+from texlens.predictor import resolve_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = (("val_cn_math", False), ("val_im2latex", False), ("val_crohme", True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="model directory holding router.* (default: bundled)")
+    parser.add_argument("--data", default=str(REPO / "datasets"), help="folder of the built validation sets")
+    parser.add_argument("--n", type=int, default=1000, help="images per set (the first N)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    model_dir = resolve_model_dir(args.model)
+    router = load_router(model_dir)
+    if router is None:
+        print(f"{model_dir} has no router (router.safetensors, router.json)", file=sys.stderr)
+        return 1
+    config = PreprocessConfig(**router.config.preprocess)
+    print(f"router of {model_dir}, first {args.n} images per set")
+    print(f"{'set':<14} {'images':>7} {'called handwritten':>19} {'accuracy':>9} {'ms / image':>11}")
+    for name, handwritten in SETS:
+        folder = Path(args.data) / name
+        if not folder.exists():
+            print(f"{name:<14} missing (build it with `texlens data build`)")
+            continue
+        samples = read_dataset(folder)[0][: args.n]
+        calls, times = [], []
+        for sample in samples:
+            pixels = torch.from_numpy(preprocess(load_image(sample.image), config))[None, None]
+            start = time.perf_counter()
+            with torch.inference_mode():
+                calls.append(bool(router(pixels)[0] > 0))
+            times.append((time.perf_counter() - start) * 1000)
+        share = float(np.mean(calls))
+        accuracy = share if handwritten else 1.0 - share
+        print(f"{name:<14} {len(calls):>7} {share:>19.3f} {accuracy:>9.3f} {statistics.median(times):>11.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""The handwriting router: padding-blind, saved and loaded safely, trained on real images, and used by the
+Predictor to read handwriting at its own glyph height (training reads handwritten sets at that height too)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from texlens.image import PreprocessConfig, load_image, preprocess
+from texlens.models.router import ROUTER_CONFIG, ROUTER_WEIGHTS, HandwritingRouter, load_router, save_router
+from texlens.predictor import Predictor, resolve_model_dir
+from texlens.training import DatasetSpec, FormulaDataModule, load_config, preprocess_config_for, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_router_answers_do_not_depend_on_padding_or_batch():
+    torch.manual_seed(0)
+    router = HandwritingRouter().eval()
+    image = torch.zeros(1, 1, 41, 99)
+    image[0, 0, 8:33, 5:95] = (torch.rand(25, 90) > 0.6).float()
+    padded = torch.zeros(1, 1, 64, 160)
+    padded[..., :41, :99] = image
+    other = torch.rand(1, 1, 64, 160)
+    with torch.no_grad():
+        alone = router(image)
+        in_padding = router(padded, [(41, 99)])
+        in_batch = router(torch.cat([other, padded]), [(64, 160), (41, 99)])
+    torch.testing.assert_close(alone, in_padding, rtol=0, atol=1e-4)
+    torch.testing.assert_close(alone[0], in_batch[1], rtol=0, atol=1e-4)
+    assert not torch.allclose(in_batch[0], alone[0])  # and it does look at the ink
+
+
+def test_router_files_round_trip_and_broken_ones_are_refused(tmp_path):
+    router = HandwritingRouter().eval()
+    save_router(router, tmp_path)
+    loaded = load_router(tmp_path)
+    x = torch.rand(2, 1, 32, 64)
+    torch.testing.assert_close(loaded(x), router(x))
+    assert load_router(tmp_path / "nothing") is None
+    (tmp_path / ROUTER_CONFIG).write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a router config"):
+        load_router(tmp_path)
+    (tmp_path / ROUTER_CONFIG).unlink()
+    with pytest.raises(FileNotFoundError, match="half a router"):
+        load_router(tmp_path)
+
+
+def test_handwritten_sets_are_read_at_the_handwriting_height(shared_data):
+    crohme = shared_data / "crohme" / "test_2014_caption.txt"
+    cfg = load_config(
+        None,
+        [
+            f"train=[{{path: '{crohme}', limit: 8, handwritten: true}}, {{path: '{crohme}', limit: 8}}]",
+            f"val=[{{path: '{crohme}', limit: 8, handwritten: true}}]",
+            "preprocess.handwriting_glyph_height=14",
+        ],
+    )
+    assert preprocess_config_for(cfg, cfg.train[0]).target_glyph_height == 14
+    assert preprocess_config_for(cfg, cfg.train[1]).target_glyph_height == 9.4
+    from texlens.training import _read_spec, build_vocab
+
+    samples = [_read_spec(spec) for spec in cfg.train]
+    data = FormulaDataModule(cfg, build_vocab(cfg, samples), samples, [_read_spec(cfg.val[0])])
+    handwritten, printed = data.train_sets[0].load(0), data.train_sets[1].load(0)  # the same image
+    assert handwritten.shape[1] > 1.3 * printed.shape[1]
+    assert data.val_sets[0].load(0).shape == handwritten.shape
+    with pytest.raises(ValueError, match="handwriting_glyph_height must be a positive"):
+        PreprocessConfig(handwriting_glyph_height=0)
+    with pytest.raises(ValueError, match="offset and limit"):
+        _read_spec(DatasetSpec(str(crohme), offset=-1))
+    assert [s.latex for s in _read_spec(DatasetSpec(str(crohme), offset=3, limit=2))] == [
+        s.latex for s in samples[0][3:5]
+    ]
+
+
+def _logged(out: Path, key: str) -> list[float]:
+    rows = []
+    for f in sorted((out / "logs").glob("version_*/metrics.csv")):
+        with open(f, newline="") as fh:
+            rows += [float(r[key]) for r in csv.DictReader(fh) if r.get(key)]
+    return rows
+
+
+def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_data, tmp_path):
+    crohme, im2latex = shared_data / "crohme", shared_data / "im2latex100k"
+    out = tmp_path / "router"
+    torch.set_num_threads(1)
+    cfg = load_config(
+        REPO / "configs" / "router.yaml",
+        [
+            f"train=[{{path: '{crohme / 'train_caption.txt'}', limit: 300, handwritten: true, augment: 1.0}},"
+            f" {{path: '{im2latex}', limit: 300}}]",
+            f"val=[{{path: '{crohme / 'test_2014_caption.txt'}', limit: 40, handwritten: true, name: hw}},"
+            f" {{path: '{im2latex}', offset: 300, limit: 40, name: printed}}]",
+            f"output_dir={out}",
+            "batch_size=16",
+            "epoch_size=480",
+            "max_steps=150",
+            "warmup_steps=5",
+            "val_every_n_steps=50",
+            "checkpoint_every_n_steps=50",
+            "num_workers=0",
+            "val_samples=40",
+        ],
+    )
+    model_dir = train(cfg)
+    assert (model_dir / ROUTER_WEIGHTS).is_file() and (model_dir / ROUTER_CONFIG).is_file()
+    assert _logged(out, "val/hw/accuracy") and _logged(out, "val/printed/accuracy")
+    assert max(_logged(out, "val/accuracy")) >= 0.9
+    assert json.loads((out / "summary.json").read_text())["best_score"] >= 0.9
+    with pytest.raises(ValueError, match="handwritten and printed"):
+        train(
+            load_config(REPO / "configs" / "router.yaml", ["train.4.handwritten=false", f"output_dir={out}2"])
+        )
+
+    # Attach it to (a copy of) the bundled model, which is told to read handwriting at 14 px.
+    bundled = resolve_model_dir(None)
+    model = tmp_path / "model"
+    shutil.copytree(bundled, model)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    config["preprocess"] = {**config.get("preprocess", {}), "handwriting_glyph_height": 14}
+    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.warns(UserWarning, match="no router"):
+        Predictor(model)  # a handwriting height without a router is read at the printed scale, and said so
+    for name in (ROUTER_WEIGHTS, ROUTER_CONFIG):
+        shutil.copy(model_dir / name, model / name)
+
+    handwriting = crohme / "test_2014" / "RIT_2014_100_0.png"  # not among the 40 validation images
+    printed = sorted((im2latex / "images_val").glob("*.png"))[400]
+    plain, routed = Predictor(), Predictor(model)
+    hw_plain, hw_routed = plain.predict(handwriting), routed.predict(handwriting)
+    pr_plain, pr_routed = plain.predict(printed), routed.predict(printed)
+    assert hw_plain.handwritten is None and hw_plain.to_json()["handwritten"] is None
+    assert hw_routed.handwritten is True and hw_routed.to_json()["handwritten"] is True
+    assert pr_routed.handwritten is False
+    # Handwriting is read bigger (14 / 9.4 of the printed scale); print exactly as before.
+    assert hw_routed.image_size[1] > 1.3 * hw_plain.image_size[1]
+    assert pr_routed.image_size == pr_plain.image_size and pr_routed.latex == pr_plain.latex
+    expected = preprocess(load_image(handwriting), PreprocessConfig(target_glyph_height=14))
+    np.testing.assert_array_equal(routed.preprocess(handwriting), expected)
