@@ -52,10 +52,9 @@ def main() -> int:
         samples = read_dataset(folder)[0][: args.n]
         calls, times = [], []
         for sample in samples:
-            pixels = torch.from_numpy(preprocess(load_image(sample.image), config))[None, None]
+            pixels = preprocess(load_image(sample.image), config)
             start = time.perf_counter()
-            with torch.inference_mode():
-                calls.append(bool(router(pixels)[0] > 0))
+            calls.append(router.is_handwritten(pixels))
             times.append((time.perf_counter() - start) * 1000)
         share = float(np.mean(calls))
         accuracy = share if handwritten else 1.0 - share

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from texlens.image import PreprocessConfig, load_image, preprocess
-from texlens.models.router import ROUTER_CONFIG, ROUTER_WEIGHTS, HandwritingRouter, load_router, save_router
+from texlens.models.router import (
+    ROUTER_CONFIG,
+    ROUTER_WEIGHTS,
+    HandwritingRouter,
+    load_router,
+    save_router,
+    window,
+)
 from texlens.predictor import Predictor, resolve_model_dir
 from texlens.training import DatasetSpec, FormulaDataModule, load_config, preprocess_config_for, train
 
@@ -35,6 +42,27 @@ def test_router_answers_do_not_depend_on_padding_or_batch():
     torch.testing.assert_close(alone, in_padding, rtol=0, atol=1e-4)
     torch.testing.assert_close(alone[0], in_batch[1], rtol=0, atol=1e-4)
     assert not torch.allclose(in_batch[0], alone[0])  # and it does look at the ink
+
+
+def test_router_reads_a_window_the_middle_in_use_a_random_one_in_training():
+    pixels = np.arange(100 * 700, dtype=np.float32).reshape(100, 700)
+    middle = window(pixels, (64, 256))
+    assert middle.shape == (64, 256) and middle[0, 0] == pixels[18, 222]
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(20):
+        part = window(pixels, (64, 256), rng)
+        assert part.shape == (64, 256)
+        row, col = divmod(int(part[0, 0]), 700)
+        np.testing.assert_array_equal(part, pixels[row : row + 64, col : col + 256])
+        starts.add((row, col))
+    assert len(starts) > 10
+    small = pixels[:40, :100]
+    assert np.array_equal(window(small, (64, 256), rng), small)  # smaller than the window: all of it
+    router = HandwritingRouter().eval()
+    with torch.no_grad():
+        expected = bool(router(torch.from_numpy(middle)[None, None])[0] > 0)
+    assert router.is_handwritten(pixels) == expected
 
 
 def test_router_files_round_trip_and_broken_ones_are_refused(tmp_path):

@@ -210,9 +210,9 @@ class Predictor:
         same = replace(self.router_preprocess, handwriting_glyph_height=None) == replace(
             self.preprocess_config, handwriting_glyph_height=None
         )
-        view = pixels if same else preprocess(image, self.router_preprocess)
-        with torch.inference_mode():
-            handwritten = bool(self.router(torch.from_numpy(np.ascontiguousarray(view))[None, None])[0] > 0)
+        handwritten = self.router.is_handwritten(
+            pixels if same else preprocess(image, self.router_preprocess)
+        )
         if handwritten and self.preprocess_config.handwriting_glyph_height is not None:
             pixels = preprocess(image, self.preprocess_config.for_handwriting())
         return pixels, handwritten

@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from texlens.data.dataset import BucketBatchSampler, FormulaDataset, mix_indices
 from texlens.image import batch_images
 from texlens.latex import Vocab
-from texlens.models.router import HandwritingRouter, RouterConfig, save_router
+from texlens.models.router import HandwritingRouter, RouterConfig, save_router, window
 from texlens.training import (
     BEST_CKPT,
     CHECKPOINT_DIR,
@@ -60,16 +60,23 @@ log = logging.getLogger(__name__)
 
 
 class RouterDataset(Dataset):
-    """A formula dataset's images with one class for all: 1.0 = handwritten, 0.0 = printed."""
+    """A formula dataset's images, each cut to the router's window (random with ``seed``, else the middle), with
+    one class for all: 1.0 = handwritten, 0.0 = printed."""
 
-    def __init__(self, formulas: FormulaDataset, handwritten: bool):
-        self.formulas, self.label = formulas, float(handwritten)
+    def __init__(
+        self, formulas: FormulaDataset, handwritten: bool, size: tuple[int, int], seed: int | None = None
+    ):
+        self.formulas, self.label, self.size = formulas, float(handwritten), size
+        self.seed, self._rng = seed, None
 
     def __len__(self) -> int:
         return len(self.formulas)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, float]:
-        return self.formulas[index][0], self.label
+        if self.seed is not None and self._rng is None:  # per process: DataLoader workers draw their own
+            info = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, info.id if info else 0])
+        return window(self.formulas[index][0], self.size, self._rng), self.label
 
     def sizes(self) -> list[tuple[int, int]]:
         return self.formulas.sizes()
@@ -127,18 +134,28 @@ class MixedBatchSampler(Sampler[list[int]]):
 class RouterDataModule(pl.LightningDataModule):
     """Weighted, size-bucketed training mix of both classes; one validation loader per validation set."""
 
-    def __init__(self, cfg: TrainConfig, train_samples: list[list[Any]], val_samples: list[list[Any]]):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_samples: list[list[Any]],
+        val_samples: list[list[Any]],
+        size: tuple[int, int],
+    ):
         super().__init__()
         self.cfg = cfg
         # Labels only decide which samples FormulaDataset keeps (not empty, not too long); any vocabulary does.
         vocab = Vocab.build(s.latex for samples in train_samples + val_samples for s in samples)
         pre = _preprocess_config(cfg)  # the printed scale: what the router sees in the Predictor
         self.train_sets = [
-            RouterDataset(FormulaDataset(s, vocab, pre, augment, cfg.max_tokens), spec.handwritten)
-            for s, spec, augment in zip(train_samples, cfg.train, _augmenters(cfg), strict=True)
+            RouterDataset(
+                FormulaDataset(s, vocab, pre, augment, cfg.max_tokens), spec.handwritten, size, cfg.seed + k
+            )
+            for k, (s, spec, augment) in enumerate(
+                zip(train_samples, cfg.train, _augmenters(cfg), strict=True)
+            )
         ]
         self.val_sets = [
-            RouterDataset(FormulaDataset(s, vocab, pre, None, cfg.max_tokens), spec.handwritten)
+            RouterDataset(FormulaDataset(s, vocab, pre, None, cfg.max_tokens), spec.handwritten, size)
             for s, spec in zip(val_samples, cfg.val, strict=True)
         ]
         self.val_names = [_spec_name(s) for s in cfg.val]
@@ -260,11 +277,11 @@ def train_router(cfg: TrainConfig, resume: bool = False) -> Path:
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")
 
     options = dict(cfg.model_options)
-    unknown = sorted(set(options) - {"widths"})
+    unknown = sorted(set(options) - {"widths", "window"})
     if unknown:
-        raise ValueError(f"model_options {unknown} are not router settings (known: widths)")
+        raise ValueError(f"model_options {unknown} are not router settings (known: widths, window)")
     router = HandwritingRouter(RouterConfig(preprocess=dict(cfg.preprocess), **options))
-    datamodule = RouterDataModule(cfg, train_samples, val_samples)
+    datamodule = RouterDataModule(cfg, train_samples, val_samples, router.config.window)
     lit = LitRouter(router, cfg, datamodule.val_names)
     trainer, best = build_trainer(cfg, lit, resume_from)
     started = time.time()

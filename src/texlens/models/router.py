@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -30,12 +31,16 @@ __all__ = [
     "RouterConfig",
     "load_router",
     "save_router",
+    "window",
 ]
 
 
 @dataclass
 class RouterConfig:
     widths: tuple[int, ...] = (16, 32, 64, 96)  # channels of each stage (stride 2, then stride 1)
+    # The router reads a window of the preprocessed image this big (rows, columns): the middle of it in use, a
+    # random one in training. Strokes look the same everywhere in a formula, and a fixed size keeps it cheap.
+    window: tuple[int, int] = (64, 256)
     # Preprocessing of the router's input (texlens.image.PreprocessConfig fields); empty = the defaults.
     preprocess: dict[str, Any] = field(default_factory=dict)
 
@@ -43,6 +48,9 @@ class RouterConfig:
         self.widths = tuple(int(w) for w in self.widths)
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"router widths must be positive channel counts, not {self.widths}")
+        self.window = (int(self.window[0]), int(self.window[1]))
+        if min(self.window) < 8:
+            raise ValueError(f"router window must be at least 8 x 8 pixels, not {self.window}")
 
 
 class HandwritingRouter(nn.Module):
@@ -83,11 +91,22 @@ class HandwritingRouter(nn.Module):
         return self.head(pooled).squeeze(1)
 
     @torch.inference_mode()
-    def probability(
-        self, images: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
-    ) -> torch.Tensor:
-        """P(handwritten) per image."""
-        return torch.sigmoid(self(images, sizes))
+    def is_handwritten(self, pixels: np.ndarray) -> bool:
+        """The router's call on one preprocessed (H, W) image (ink = 1), read through the middle window."""
+        view = torch.from_numpy(window(np.asarray(pixels, dtype=np.float32), self.config.window))
+        return bool(self(view[None, None])[0] > 0)
+
+
+def window(pixels: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
+    """The part of a preprocessed (H, W) image the router reads: at most ``size``, the middle one without ``rng``,
+    else a random one."""
+    out = pixels
+    for axis, limit in enumerate(size):
+        extent = out.shape[axis]
+        if extent > limit:
+            start = (extent - limit) // 2 if rng is None else int(rng.integers(0, extent - limit + 1))
+            out = out[start : start + limit] if axis == 0 else out[:, start : start + limit]
+    return np.ascontiguousarray(out)
 
 
 def save_router(router: HandwritingRouter, directory: str | Path) -> Path:
@@ -97,7 +116,7 @@ def save_router(router: HandwritingRouter, directory: str | Path) -> Path:
     state = {k: v.detach().float().contiguous() for k, v in router.state_dict().items()}
     safetensors.torch.save_file(state, str(directory / ROUTER_WEIGHTS))
     config = asdict(router.config)
-    config["widths"] = list(config["widths"])
+    config["widths"], config["window"] = list(config["widths"]), list(config["window"])
     (directory / ROUTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return directory
 
