@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from texlens.data.formats import read_dataset
-from texlens.image import PreprocessConfig, load_image, preprocess
+from texlens.image import ImageError, PreprocessConfig, load_image, preprocess
 from texlens.models.router import load_router
 from texlens.predictor import resolve_model_dir
 
@@ -52,7 +52,10 @@ def main() -> int:
         samples = read_dataset(folder)[0][: args.n]
         calls, times = [], []
         for sample in samples:
-            pixels = preprocess(load_image(sample.image), config)
+            try:
+                pixels = preprocess(load_image(sample.image), config)
+            except ImageError:  # a blank image (IM2LATEX has a few) has nothing to route
+                continue
             start = time.perf_counter()
             calls.append(router.is_handwritten(pixels))
             times.append((time.perf_counter() - start) * 1000)

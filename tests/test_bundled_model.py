@@ -18,9 +18,19 @@ EXAMPLES = sorted((PACKAGE / "examples").glob("*.png"))
 
 def test_bundled_model_is_small_and_pickle_free() -> None:
     files = sorted(p.name for p in BUNDLED.iterdir())
-    assert files == ["config.json", "model.safetensors", "vocab.json"]
+    assert files == ["config.json", "model.safetensors", "router.json", "router.safetensors", "vocab.json"]
     assert (BUNDLED / "model.safetensors").stat().st_size < 40_000_000
+    assert (BUNDLED / "router.safetensors").stat().st_size < 2_000_000
     json.loads((BUNDLED / "config.json").read_text())
+    json.loads((BUNDLED / "router.json").read_text())
+
+
+def test_bundled_router_tells_the_handwritten_example_from_the_printed_ones() -> None:
+    from texlens import Predictor
+
+    predictions = Predictor().predict(EXAMPLES)
+    calls = {Path(p.image).name: p.handwritten for p in predictions}
+    assert calls == {p.name: p.name.startswith("handwritten") for p in EXAMPLES}
 
 
 @pytest.mark.parametrize("as_json", [False, True])

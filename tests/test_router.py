@@ -108,6 +108,13 @@ def test_handwritten_sets_are_read_at_the_handwriting_height(shared_data):
     ]
 
 
+def bundled_without_router(tmp_path: Path) -> Path:
+    """A copy of the bundled model without its router (the model reads every image at the printed scale)."""
+    plain = tmp_path / "plain"
+    shutil.copytree(resolve_model_dir(None), plain, ignore=shutil.ignore_patterns("router.*"))
+    return plain
+
+
 def _logged(out: Path, key: str) -> list[float]:
     rows = []
     for f in sorted((out / "logs").glob("version_*/metrics.csv")):
@@ -152,6 +159,8 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
     bundled = resolve_model_dir(None)
     model = tmp_path / "model"
     shutil.copytree(bundled, model)
+    for name in (ROUTER_WEIGHTS, ROUTER_CONFIG):  # the bundled model's own router: not this test's
+        (model / name).unlink(missing_ok=True)
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
     config["preprocess"] = {**config.get("preprocess", {}), "handwriting_glyph_height": 14}
     (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
@@ -162,7 +171,7 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
 
     handwriting = crohme / "test_2014" / "RIT_2014_100_0.png"  # not among the 40 validation images
     printed = sorted((im2latex / "images_val").glob("*.png"))[400]
-    plain, routed = Predictor(), Predictor(model)
+    plain, routed = Predictor(bundled_without_router(tmp_path)), Predictor(model)
     hw_plain, hw_routed = plain.predict(handwriting), routed.predict(handwriting)
     pr_plain, pr_routed = plain.predict(printed), routed.predict(printed)
     assert hw_plain.handwritten is None and hw_plain.to_json()["handwritten"] is None
