@@ -3,7 +3,6 @@ Predictor to read handwriting at its own glyph height (training reads handwritte
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_training import logged
 from texlens.image import PreprocessConfig, load_image, preprocess
 from texlens.models.router import (
     ROUTER_CONFIG,
@@ -115,14 +115,6 @@ def bundled_without_router(tmp_path: Path) -> Path:
     return plain
 
 
-def _logged(out: Path, key: str) -> list[float]:
-    rows = []
-    for f in sorted((out / "logs").glob("version_*/metrics.csv")):
-        with open(f, newline="") as fh:
-            rows += [float(r[key]) for r in csv.DictReader(fh) if r.get(key)]
-    return rows
-
-
 def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_data, tmp_path):
     crohme, im2latex = shared_data / "crohme", shared_data / "im2latex100k"
     out = tmp_path / "router"
@@ -147,8 +139,8 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
     )
     model_dir = train(cfg)
     assert (model_dir / ROUTER_WEIGHTS).is_file() and (model_dir / ROUTER_CONFIG).is_file()
-    assert _logged(out, "val/hw/accuracy") and _logged(out, "val/printed/accuracy")
-    assert max(_logged(out, "val/accuracy")) >= 0.9
+    assert logged(out, "val/hw/accuracy") and logged(out, "val/printed/accuracy")
+    assert max(value for _, value in logged(out, "val/accuracy")) >= 0.9
     assert json.loads((out / "summary.json").read_text())["best_score"] >= 0.9
     with pytest.raises(ValueError, match="handwritten and printed"):
         train(

@@ -145,9 +145,14 @@ class Predictor:
             self.vocab = Vocab.load(onnx_dir / "vocab.json")
         self.preprocess_config = read_preprocess_config(self.model_dir)
         self.router = load_router(self.model_dir)
-        self.router_preprocess = self.preprocess_config
+        # The router's input: None when it is the model's printed-scale view, which is then preprocessed once.
+        self.router_preprocess: PreprocessConfig | None = None
         if self.router is not None:
-            self.router_preprocess = PreprocessConfig(**self.router.config.preprocess)
+            own = PreprocessConfig(**self.router.config.preprocess)
+            if replace(own, handwriting_glyph_height=None) != replace(
+                self.preprocess_config, handwriting_glyph_height=None
+            ):
+                self.router_preprocess = own
         elif self.preprocess_config.handwriting_glyph_height is not None:
             warnings.warn(
                 f"{self.model_dir}/config.json sets handwriting_glyph_height but the directory has no router "
@@ -207,12 +212,8 @@ class Predictor:
         pixels = preprocess(image, self.preprocess_config)
         if self.router is None:
             return pixels, None
-        same = replace(self.router_preprocess, handwriting_glyph_height=None) == replace(
-            self.preprocess_config, handwriting_glyph_height=None
-        )
-        handwritten = self.router.is_handwritten(
-            pixels if same else preprocess(image, self.router_preprocess)
-        )
+        view = pixels if self.router_preprocess is None else preprocess(image, self.router_preprocess)
+        handwritten = self.router.is_handwritten(view)
         if handwritten and self.preprocess_config.handwriting_glyph_height is not None:
             pixels = preprocess(image, self.preprocess_config.for_handwriting())
         return pixels, handwritten

@@ -10,7 +10,6 @@ holds ``router.safetensors`` and ``router.json``; copy them into a model directo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -25,15 +24,13 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from texlens.data.dataset import BucketBatchSampler, FormulaDataset, mix_indices
+from texlens.data.dataset import FormulaDataset, mix_indices
 from texlens.image import batch_images
 from texlens.latex import Vocab
 from texlens.models.router import HandwritingRouter, RouterConfig, save_router, window
 from texlens.training import (
-    BEST_CKPT,
-    CHECKPOINT_DIR,
     MODEL_DIR,
-    SUMMARY_FILE,
+    FormulaDataModule,
     TrainConfig,
     _augmenters,
     _load_checkpoint,
@@ -43,8 +40,8 @@ from texlens.training import (
     _val_subset,
     build_trainer,
     lr_factor,
-    plot_curves,
     prepare_output,
+    write_summary,
 )
 
 __all__ = [
@@ -131,8 +128,11 @@ class MixedBatchSampler(Sampler[list[int]]):
         yield from batches
 
 
-class RouterDataModule(pl.LightningDataModule):
-    """Weighted, size-bucketed training mix of both classes; one validation loader per validation set."""
+class RouterDataModule(FormulaDataModule):
+    """Training batches mixed across all sets (``MixedBatchSampler``); validation loaders and batching as
+    ``FormulaDataModule``'s, with the router's (image, class) samples."""
+
+    collate_fn = staticmethod(collate_router)
 
     def __init__(
         self,
@@ -141,7 +141,7 @@ class RouterDataModule(pl.LightningDataModule):
         val_samples: list[list[Any]],
         size: tuple[int, int],
     ):
-        super().__init__()
+        pl.LightningDataModule.__init__(self)  # not FormulaDataModule's: these sets are built differently
         self.cfg = cfg
         # Labels only decide which samples FormulaDataset keeps (not empty, not too long); any vocabulary does.
         vocab = Vocab.build(s.latex for samples in train_samples + val_samples for s in samples)
@@ -160,20 +160,6 @@ class RouterDataModule(pl.LightningDataModule):
         ]
         self.val_names = [_spec_name(s) for s in cfg.val]
 
-    def _replicas(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _loader(self, dataset: Dataset, sampler: BucketBatchSampler, persistent: bool) -> DataLoader:
-        workers = self.cfg.num_workers
-        return DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_router,
-            num_workers=workers,
-            persistent_workers=persistent and workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
         replicas, rank = self._replicas()
         lengths = [len(ds) for ds in self.train_sets]
@@ -187,19 +173,6 @@ class RouterDataModule(pl.LightningDataModule):
             rank=rank,
         )
         return self._loader(ConcatDataset(self.train_sets), sampler, True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        replicas, rank = self._replicas()
-        return [
-            self._loader(
-                ds,
-                BucketBatchSampler(
-                    ds.sizes(), self.cfg.batch_size, self.cfg.batch_pixels, num_replicas=replicas, rank=rank
-                ),
-                False,
-            )
-            for ds in self.val_sets
-        ]
 
 
 class LitRouter(pl.LightningModule):
@@ -253,10 +226,6 @@ class LitRouter(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.cfg))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        config = asdict(self.router.config)
-        checkpoint["texlens_router"] = {**config, "widths": list(config["widths"])}
-
 
 def _check_classes(cfg: TrainConfig) -> None:
     for part in ("train", "val"):
@@ -288,24 +257,11 @@ def train_router(cfg: TrainConfig, resume: bool = False) -> Path:
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from if resume else None)
     if not trainer.is_global_zero:
         return out / MODEL_DIR
-    best_path = Path(best.best_model_path) if best.best_model_path else out / CHECKPOINT_DIR / BEST_CKPT
-    if best_path.is_file():
-        state = _load_checkpoint(best_path)["state_dict"]
+    if best.best_model_path and Path(best.best_model_path).is_file():
+        state = _load_checkpoint(Path(best.best_model_path))["state_dict"]
         router.load_state_dict({k[len("router.") :]: v for k, v in state.items() if k.startswith("router.")})
     model_dir = save_router(router.cpu().float().eval(), out / MODEL_DIR)
-    curves = plot_curves(out / "logs", out / "curves.png")
-    summary = {
-        "mode": cfg.mode,
-        "parameters": sum(p.numel() for p in router.parameters()),
-        "global_step": trainer.global_step,
-        "seconds_this_session": round(time.time() - started, 1),
-        "monitor": lit.monitor,
-        "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
-        "best_checkpoint": str(best_path) if best_path.is_file() else None,
-        "train": [asdict(s) for s in cfg.train],
-        "val": [asdict(s) for s in cfg.val],
-        "curves": str(curves) if curves else None,
-    }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    parameters = sum(p.numel() for p in router.parameters())
+    summary = write_summary(cfg, lit.monitor, best, trainer, time.time() - started, parameters)
     log.info("router: %s (validation accuracy %s)", model_dir, summary["best_score"])
     return model_dir

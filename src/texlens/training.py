@@ -365,6 +365,8 @@ def _augmenters(cfg: TrainConfig) -> list[Any]:
 class FormulaDataModule(pl.LightningDataModule):
     """Training mix (weighted, size-bucketed) and one validation loader per validation dataset."""
 
+    collate_fn = staticmethod(collate)  # pad id 0 = Vocab.pad_id
+
     def __init__(
         self, cfg: TrainConfig, vocab: Vocab, train_samples: list[list[Any]], val_samples: list[list[Any]]
     ):
@@ -386,7 +388,7 @@ class FormulaDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=collate,  # pad id 0 = Vocab.pad_id
+            collate_fn=self.collate_fn,
             num_workers=workers,
             persistent_workers=persistent and workers > 0,
         )
@@ -972,14 +974,30 @@ def _finish(
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     model_dir = save_model(model, vocab, out / MODEL_DIR)
     write_preprocess(model_dir, cfg.preprocess)  # the Predictor must preprocess as training did
+    write_summary(cfg, lit.monitor, best, trainer, seconds, count_parameters(model), model=cfg.model)
+    return model_dir
+
+
+def write_summary(
+    cfg: TrainConfig,
+    monitor: str,
+    best: ModelCheckpoint,
+    trainer: pl.Trainer,
+    seconds: float,
+    parameters: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Plot the curves and write ``OUT/summary.json`` at the end of a run (any mode); returns the summary."""
+    out = Path(cfg.output_dir)
     curves = plot_curves(out / "logs", out / CURVES_FILE)
+    best_path = Path(best.best_model_path) if best.best_model_path else None
     summary = {
         "mode": cfg.mode,
-        "model": cfg.model,
-        "parameters": count_parameters(model),
+        **extra,
+        "parameters": parameters,
         "global_step": trainer.global_step,
         "seconds_this_session": round(seconds, 1),
-        "monitor": lit.monitor,
+        "monitor": monitor,
         "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
         "best_checkpoint": str(best_path) if best_path else None,
         "train": [asdict(s) for s in cfg.train],
@@ -989,4 +1007,4 @@ def _finish(
         "precision": str(trainer.precision),
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return model_dir
+    return summary
