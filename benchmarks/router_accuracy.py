@@ -1,6 +1,6 @@
 """How often a model's handwriting router is right, on the validation sets, and what it costs per image.
 
-    python benchmarks/router_accuracy.py [--model DIR] [--n 1000]
+    python benchmarks/router_accuracy.py [--model DIR] [--n 1000] [--tails]
 
 The router (``texlens.models.router``, trained by ``texlens train --config configs/router.yaml``) never saw
 these sets: the cn_math set is in a font no training image uses (Euler), IM2LATEX is the held-back part, and
@@ -25,7 +25,15 @@ from texlens.models.router import load_router
 from texlens.predictor import resolve_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SETS = (("val_cn_math", False), ("val_im2latex", False), ("val_crohme", True))
+SETS = (("val_cn_math", False, 0), ("val_im2latex", False, 0), ("val_crohme", True, 0))
+# --tails: the held-out tails of the training sets that choose the router's checkpoint (configs/router.yaml's val),
+# for comparing routers without looking at the sets reported above.
+TAILS = (
+    ("train_cn_math", False, 33000),
+    ("train_fonts", False, 21000),
+    ("train_im2latex_real", False, 4600),
+    ("train_crohme", True, 8200),
+)
 
 
 def main() -> int:
@@ -33,6 +41,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="model directory holding router.* (default: bundled)")
     parser.add_argument("--data", default=str(REPO / "datasets"), help="folder of the built validation sets")
     parser.add_argument("--n", type=int, default=1000, help="images per set (the first N)")
+    parser.add_argument("--tails", action="store_true", help="the training sets' held-out tails instead")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -42,14 +51,14 @@ def main() -> int:
         print(f"{model_dir} has no router (router.safetensors, router.json)", file=sys.stderr)
         return 1
     config = PreprocessConfig(**router.config.preprocess)
-    print(f"router of {model_dir}, first {args.n} images per set")
-    print(f"{'set':<14} {'images':>7} {'called handwritten':>19} {'accuracy':>9} {'ms / image':>11}")
-    for name, handwritten in SETS:
+    print(f"router of {model_dir}, {args.n} images per set" + (" (held-out tails)" if args.tails else ""))
+    print(f"{'set':<20} {'images':>7} {'called handwritten':>19} {'accuracy':>9} {'ms / image':>11}")
+    for name, handwritten, offset in TAILS if args.tails else SETS:
         folder = Path(args.data) / name
         if not folder.exists():
-            print(f"{name:<14} missing (build it with `texlens data build`)")
+            print(f"{name:<20} missing (build it with `texlens data build`)")
             continue
-        samples = read_dataset(folder)[0][: args.n]
+        samples = read_dataset(folder)[0][offset : offset + args.n]
         calls, times = [], []
         for sample in samples:
             try:
@@ -61,7 +70,7 @@ def main() -> int:
             times.append((time.perf_counter() - start) * 1000)
         share = float(np.mean(calls))
         accuracy = share if handwritten else 1.0 - share
-        print(f"{name:<14} {len(calls):>7} {share:>19.3f} {accuracy:>9.3f} {statistics.median(times):>11.2f}")
+        print(f"{name:<20} {len(calls):>7} {share:>19.3f} {accuracy:>9.3f} {statistics.median(times):>11.2f}")
     return 0
 
 

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from texlens.cli import app
-from texlens.data.build import IM2LATEX_HELD_BACK, _bucket
+from texlens.data.build import IM2LATEX_HELD_BACK, SETS, _bucket
 from texlens.data.formats import read_dataset
 
-TRAIN = ("train_cn_math", "train_synth", "train_im2latex_render", "train_im2latex_real", "train_crohme")
-VAL = ("val_cn_math", "val_im2latex", "val_crohme")
+TRAIN = tuple(name for name in SETS if name.startswith("train_"))  # the quick build must write every one
+VAL = tuple(name for name in SETS if name.startswith("val_"))
 LIMIT = 12
 
 
@@ -21,7 +21,8 @@ LIMIT = 12
 def built(shared_data: Path, tex_available: bool, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("datasets")
     args = ["data", "build", "--shared", str(shared_data), "--out", str(out), "--limit", str(LIMIT)]
-    result = CliRunner().invoke(app, [*args, "--synth", "10", "--fonts", "cm,times"])
+    more = ["--more-fonts", "bookman,helvet", "--more-fonts-count", "8"]
+    result = CliRunner().invoke(app, [*args, "--synth", "10", "--fonts", "cm,times", *more])
     assert result.exit_code == 0, result.output
     return out
 
@@ -38,12 +39,13 @@ def _fonts(folder: Path) -> set[str]:
 
 
 def test_quick_build_writes_every_set_small(built: Path) -> None:
+    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 6 and len(VAL) == 3
     for name in TRAIN + VAL:
         samples, issues = read_dataset(built / name)  # images checked: every label points at a picture
         assert not issues, (name, issues)
         assert samples, name
         # --limit bounds every split (synth makes its own --synth formulas), so a quick build is quick.
-        assert len(samples) <= (10 if name == "train_synth" else LIMIT), name
+        assert len(samples) <= {"train_synth": 10, "train_fonts": 8}.get(name, LIMIT), name
 
 
 def test_no_validation_formula_is_trained_on(built: Path) -> None:
@@ -56,8 +58,34 @@ def test_validation_uses_the_held_out_font_and_the_held_back_im2latex_part(built
     assert _fonts(built / "val_cn_math") == {"euler"}
     train_fonts = _fonts(built / "train_cn_math")
     assert train_fonts <= {"cm", "times"}
+    assert _fonts(built / "train_fonts") == {"bookman", "helvet"}
     assert all(_bucket(f) in IM2LATEX_HELD_BACK for f in _formulas(built / "val_im2latex"))
     assert not any(_bucket(f) in IM2LATEX_HELD_BACK for f in _formulas(built / "train_im2latex_real"))
     # CROHME keeps its official split: test images only in validation.
     assert all("test_2014" in s.image.as_posix() for s in read_dataset(built / "val_crohme")[0])
     assert all("train_2014" in s.image.as_posix() for s in read_dataset(built / "train_crohme")[0])
+
+
+def test_only_writes_the_named_sets(shared_data: Path, tex_available: bool, tmp_path: Path) -> None:
+    args = ["data", "build", "--shared", str(shared_data), "--out", str(tmp_path), "--limit", "4"]
+    result = CliRunner().invoke(app, [*args, "--only", "train_fonts,val_crohme", "--more-fonts-count", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_fonts", "val_crohme"]
+    assert len(read_dataset(tmp_path / "train_fonts")[0]) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--only", "train_fontz"], "unknown set(s) ['train_fontz']"),
+        (["--more-fonts", "helvet,euler"], "held-out font 'euler' must not be a training font"),
+    ],
+)
+def test_bad_build_options_are_refused_before_any_work(
+    shared_data: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    args = ["data", "build", "--shared", str(shared_data), "--out", str(tmp_path / "out"), "--limit", "4"]
+    result = CliRunner().invoke(app, [*args, *extra])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()

@@ -148,3 +148,26 @@ def test_bundled_model_onnx_matches_torch_on_50_images(shared_data: Path, tmp_pa
     # Float rounding may flip a near-tie argmax on at most one image; anything more is an export bug.
     same = sum(a == b for a, b in zip(torch_tokens, onnx_tokens, strict=True))
     assert same >= len(images) - 1, f"{len(images) - same} of {len(images)} images decode differently"
+
+
+def test_export_takes_the_handwriting_router_along(shared_data: Path, tmp_path: Path) -> None:
+    """An exported directory read as a model reads handwriting as the original does: its router goes along."""
+    from texlens.models.router import (
+        ROUTER_CONFIG,
+        ROUTER_WEIGHTS,
+        HandwritingRouter,
+        RouterConfig,
+        save_router,
+    )
+
+    model_dir = tiny_model_dir(shared_data, tmp_path / "model", "resnet-transformer")
+    save_router(HandwritingRouter(RouterConfig(norm="group")).eval(), model_dir)
+    files = export_onnx(model_dir, tmp_path / "onnx")
+    assert files["router"] == tmp_path / "onnx" / ROUTER_WEIGHTS
+    assert (tmp_path / "onnx" / ROUTER_CONFIG).read_bytes() == (model_dir / ROUTER_CONFIG).read_bytes()
+    predictor = Predictor(tmp_path / "onnx", backend="onnx")
+    assert predictor.router is not None and predictor.router.config.norm == "group"
+    # Without a router there is none to take along.
+    bare = tiny_model_dir(shared_data, tmp_path / "bare", "resnet-transformer")
+    assert "router" not in export_onnx(bare, tmp_path / "bare_onnx")
+    assert not (tmp_path / "bare_onnx" / ROUTER_WEIGHTS).exists()

@@ -17,6 +17,7 @@ from texlens.models.router import (
     ROUTER_CONFIG,
     ROUTER_WEIGHTS,
     HandwritingRouter,
+    RouterConfig,
     load_router,
     save_router,
     window,
@@ -59,6 +60,9 @@ def test_router_reads_a_window_the_middle_in_use_a_random_one_in_training():
     assert len(starts) > 10
     small = pixels[:40, :100]
     assert np.array_equal(window(small, (64, 256), rng), small)  # smaller than the window: all of it
+    padded = window(small, (64, 256), rng, pad=True)  # ... or all of it on a blank window of the full size
+    assert padded.shape == (64, 256) and np.array_equal(padded[:40, :100], small) and not padded[40:].any()
+    assert np.array_equal(window(pixels, (64, 256), pad=True), middle)  # a large one needs no padding
     router = HandwritingRouter().eval()
     with torch.no_grad():
         expected = bool(router(torch.from_numpy(middle)[None, None])[0] > 0)
@@ -78,6 +82,41 @@ def test_router_files_round_trip_and_broken_ones_are_refused(tmp_path):
     (tmp_path / ROUTER_CONFIG).unlink()
     with pytest.raises(FileNotFoundError, match="half a router"):
         load_router(tmp_path)
+
+
+def test_group_norm_router_calls_an_image_alike_in_any_batch_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    router = HandwritingRouter(RouterConfig(norm="group")).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in router.modules())
+    windows = torch.rand(3, 1, 64, 256)
+    with torch.no_grad():
+        alone = router(windows[1:2])
+        together = router(windows)
+    torch.testing.assert_close(alone[0], together[1], rtol=0, atol=1e-5)
+    save_router(router, tmp_path)
+    loaded = load_router(tmp_path)
+    assert loaded.config.norm == "group"
+    torch.testing.assert_close(loaded(windows), together)
+    # Group norm's statistics take in padding, so it reads a small image on a whole window, as in training.
+    assert router.config.full_window and not RouterConfig().full_window
+    small = (np.random.default_rng(0).random((30, 90)) > 0.7).astype(np.float32)
+    with torch.no_grad():
+        on_window = router(torch.from_numpy(window(small, (64, 256), pad=True))[None, None])[0]
+        unpadded = router(torch.from_numpy(small)[None, None])[0]
+    assert router.is_handwritten(small) == bool(on_window > 0)
+    assert not torch.allclose(on_window, unpadded)  # which is why the padding must be the same everywhere
+    with pytest.raises(ValueError, match="router norm must be 'batch' or 'group'"):
+        RouterConfig(norm="layer")
+
+
+def test_router_training_refuses_unknown_model_options(tmp_path):
+    cfg = load_config(
+        REPO / "configs" / "router.yaml", ["model_options={depth: 3}", f"output_dir={tmp_path}"]
+    )
+    with pytest.raises(
+        ValueError, match=r"\['depth'\] are not router settings \(known: norm, widths, window\)"
+    ):
+        train(cfg)
 
 
 def test_handwritten_sets_are_read_at_the_handwriting_height(shared_data):
@@ -142,10 +181,11 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
     assert logged(out, "val/hw/accuracy") and logged(out, "val/printed/accuracy")
     assert max(value for _, value in logged(out, "val/accuracy")) >= 0.9
     assert json.loads((out / "summary.json").read_text())["best_score"] >= 0.9
+    shipped = load_config(REPO / "configs" / "router.yaml")
+    handwritten = [i for i, spec in enumerate(shipped.train) if spec.handwritten]
+    no_handwriting = [f"train.{i}.handwritten=false" for i in handwritten]
     with pytest.raises(ValueError, match="handwritten and printed"):
-        train(
-            load_config(REPO / "configs" / "router.yaml", ["train.4.handwritten=false", f"output_dir={out}2"])
-        )
+        train(load_config(REPO / "configs" / "router.yaml", [*no_handwriting, f"output_dir={out}2"]))
 
     # Attach it to (a copy of) the bundled model, which is told to read handwriting at 14 px.
     bundled = resolve_model_dir(None)

@@ -163,7 +163,10 @@ def data_normalize() -> None:
 def data_render(
     formulas: Annotated[Path, typer.Argument(help="Text file, one raw formula per line.")],
     out_dir: Annotated[Path, typer.Argument(help="Output dataset folder (images/ + labels.tsv).")],
-    fonts: Annotated[str, typer.Option(help="Comma list: cm,times,palatino,txfonts,pxfonts,euler.")] = "cm",
+    fonts: Annotated[
+        str,
+        typer.Option(help="Comma list of fonts (texlens.data.render.FONTS): cm, times, euler, helvet, ..."),
+    ] = "cm",
     dpi: Annotated[str, typer.Option(help="DPI or range LO-HI.")] = "200",
     jobs: Annotated[int, typer.Option(help="Parallel TeX processes.")] = 2,
     chunk_size: Annotated[int, typer.Option(help="Formulas per TeX document.")] = 1000,
@@ -259,13 +262,32 @@ def data_build(
     ] = None,
     jobs: Annotated[int, typer.Option()] = 2,
     synth: Annotated[int, typer.Option(help="Recombined formulas to render for training.")] = 30000,
+    more_fonts: Annotated[
+        str, typer.Option(help="Fonts of train_fonts.")
+    ] = "pxfonts,bookman,newcent,charter,utopia,helvet",
+    more_fonts_count: Annotated[int, typer.Option(help="Formulas train_fonts renders.")] = 24000,
+    only: Annotated[
+        str | None, typer.Option(help="Comma list of the sets to write, e.g. train_fonts (default: all).")
+    ] = None,
 ) -> None:
     """Build the training and validation sets from ../shared/data (rendered, real and handwritten)."""
     from texlens.data.build import build_datasets
 
-    report = build_datasets(
-        shared, out, fonts=fonts.split(","), val_font=val_font, limit=limit, jobs=jobs, synth=synth
-    )
+    try:
+        report = build_datasets(
+            shared,
+            out,
+            fonts=fonts.split(","),
+            val_font=val_font,
+            limit=limit,
+            jobs=jobs,
+            synth=synth,
+            more_fonts=more_fonts.split(","),
+            more_fonts_count=more_fonts_count,
+            only=set(only.split(",")) if only else None,
+        )
+    except ValueError as e:
+        _fail(str(e), 2)
     print(report)
 
 

@@ -265,6 +265,7 @@ def _step_feeds(
 def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) -> dict[str, Path]:
     """Export a model directory to ONNX (encoder, decoder_init, decoder + config/vocab), check it, optionally int8."""
     from texlens.models import load_model
+    from texlens.models.router import ROUTER_CONFIG, ROUTER_WEIGHTS, load_router
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, _ = load_model(model_dir)
@@ -346,6 +347,12 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         "vocab": out_dir / "vocab.json",
         "meta": out_dir / META_FILE,
     }
+    # The handwriting router (PyTorch, a fraction of a millisecond) goes along, so an exported model reads
+    # handwriting at its own glyph height as the original does.
+    if load_router(model_dir) is not None:
+        for key, file in (("router", ROUTER_WEIGHTS), ("router_config", ROUTER_CONFIG)):
+            shutil.copyfile(model_dir / file, out_dir / file)
+            result[key] = out_dir / file
 
     check_export(model, out_dir)
     if int8:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,14 @@ class RouterDataset(Dataset):
     one class for all: 1.0 = handwritten, 0.0 = printed."""
 
     def __init__(
-        self, formulas: FormulaDataset, handwritten: bool, size: tuple[int, int], seed: int | None = None
+        self,
+        formulas: FormulaDataset,
+        handwritten: bool,
+        size: tuple[int, int],
+        seed: int | None = None,
+        pad: bool = False,
     ):
-        self.formulas, self.label, self.size = formulas, float(handwritten), size
+        self.formulas, self.label, self.size, self.pad = formulas, float(handwritten), size, pad
         self.seed, self._rng = seed, None
 
     def __len__(self) -> int:
@@ -73,7 +78,7 @@ class RouterDataset(Dataset):
         if self.seed is not None and self._rng is None:  # per process: DataLoader workers draw their own
             info = torch.utils.data.get_worker_info()
             self._rng = np.random.default_rng([self.seed, info.id if info else 0])
-        return window(self.formulas[index][0], self.size, self._rng), self.label
+        return window(self.formulas[index][0], self.size, self._rng, pad=self.pad), self.label
 
     def sizes(self) -> list[tuple[int, int]]:
         return self.formulas.sizes()
@@ -140,6 +145,7 @@ class RouterDataModule(FormulaDataModule):
         train_samples: list[list[Any]],
         val_samples: list[list[Any]],
         size: tuple[int, int],
+        pad: bool = False,
     ):
         pl.LightningDataModule.__init__(self)  # not FormulaDataModule's: these sets are built differently
         self.cfg = cfg
@@ -148,14 +154,20 @@ class RouterDataModule(FormulaDataModule):
         pre = _preprocess_config(cfg)  # the printed scale: what the router sees in the Predictor
         self.train_sets = [
             RouterDataset(
-                FormulaDataset(s, vocab, pre, augment, cfg.max_tokens), spec.handwritten, size, cfg.seed + k
+                FormulaDataset(s, vocab, pre, augment, cfg.max_tokens),
+                spec.handwritten,
+                size,
+                cfg.seed + k,
+                pad,
             )
             for k, (s, spec, augment) in enumerate(
                 zip(train_samples, cfg.train, _augmenters(cfg), strict=True)
             )
         ]
         self.val_sets = [
-            RouterDataset(FormulaDataset(s, vocab, pre, None, cfg.max_tokens), spec.handwritten, size)
+            RouterDataset(
+                FormulaDataset(s, vocab, pre, None, cfg.max_tokens), spec.handwritten, size, pad=pad
+            )
             for s, spec in zip(val_samples, cfg.val, strict=True)
         ]
         self.val_names = [_spec_name(s) for s in cfg.val]
@@ -240,17 +252,22 @@ def _check_classes(cfg: TrainConfig) -> None:
 def train_router(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train the router as ``cfg`` says; returns ``OUT/model`` with router.safetensors and router.json."""
     _check_classes(cfg)
+    options = dict(cfg.model_options)
+    known = {f.name for f in fields(RouterConfig)} - {"preprocess"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"model_options {unknown} are not router settings (known: {', '.join(sorted(known))})"
+        )
     out, resume_from = prepare_output(cfg, resume)
     train_samples = [_read_spec(spec) for spec in cfg.train]
     val_samples = [_val_subset(_read_spec(spec), cfg.val_samples) for spec in cfg.val]
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")
 
-    options = dict(cfg.model_options)
-    unknown = sorted(set(options) - {"widths", "window"})
-    if unknown:
-        raise ValueError(f"model_options {unknown} are not router settings (known: widths, window)")
     router = HandwritingRouter(RouterConfig(preprocess=dict(cfg.preprocess), **options))
-    datamodule = RouterDataModule(cfg, train_samples, val_samples, router.config.window)
+    datamodule = RouterDataModule(
+        cfg, train_samples, val_samples, router.config.window, pad=router.config.full_window
+    )
     lit = LitRouter(router, cfg, datamodule.val_names)
     trainer, best = build_trainer(cfg, lit, resume_from)
     started = time.time()

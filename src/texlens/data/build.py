@@ -13,12 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
-from texlens.data.render import render_formulas
+from texlens.data.render import MORE_FONTS, render_formulas
 from texlens.data.synth import synthesize
 from texlens.latex import to_latex
 
 # IM2LATEX validation images whose formula hashes into these buckets (of 10) are held back for validation.
 IM2LATEX_HELD_BACK = frozenset({0, 1, 2, 3})
+# Every set the builder writes.
+SETS = (
+    "train_cn_math",
+    "train_synth",
+    "train_im2latex_render",
+    "train_fonts",
+    "train_im2latex_real",
+    "train_crohme",
+    "val_cn_math",
+    "val_im2latex",
+    "val_crohme",
+)
 
 
 @dataclass
@@ -84,10 +96,26 @@ def build_datasets(
     dpi: tuple[int, int] = (110, 260),
     seed: int = 0,
     synth: int = 30000,
+    more_fonts: list[str] | tuple[str, ...] = MORE_FONTS,
+    more_fonts_count: int = 24000,
+    only: set[str] | frozenset[str] | None = None,
 ) -> BuildReport:
-    """Write every training and validation set under ``out`` (folder format) and report their sizes."""
+    """Write every training and validation set under ``out`` (folder format) and report their sizes.
+
+    ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX training formulas (a seeded sample)
+    in ``more_fonts``, shapes the other sets never show. ``only`` names the sets to write (None: all of them).
+    """
     shared, out = Path(shared), Path(out)
     report = BuildReport()
+    unknown = set(only or ()) - set(SETS)
+    if unknown:
+        raise ValueError(f"unknown set(s) {sorted(unknown)}; choose from {', '.join(SETS)}")
+    if val_font in more_fonts or val_font in fonts:
+        raise ValueError(f"the held-out font {val_font!r} must not be a training font")
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     cn = shared / "cn_math"
     formula_file = cn / "im2latex_formulas.norm.lst"
     cn_train, _ = read_im2latex(formula_file, cn / "im2latex_train_filter.lst")
@@ -106,35 +134,47 @@ def build_datasets(
     # Nothing that is validated on may be trained on.
     held_out = {s.latex for s in cn_val} | {s.latex for s in im_held} | {s.latex for s in crohme_test}
 
-    val_formulas = _unique_formulas(cn_val, set())
-    rep = render_formulas(
-        [to_latex(f) for f in val_formulas],
-        out / "val_cn_math",
-        fonts=[val_font],
-        dpi=200,
-        jobs=jobs,
-        seed=seed,
-    )
-    report.datasets["val_cn_math"] = len(rep.rendered)
-    report.notes.append(f"val_cn_math rendered in held-out font {val_font!r}: {len(rep.failures)} failed")
+    if wanted("val_cn_math"):
+        rep = render_formulas(
+            [to_latex(f) for f in _unique_formulas(cn_val, set())],
+            out / "val_cn_math",
+            fonts=[val_font],
+            dpi=200,
+            jobs=jobs,
+            seed=seed,
+        )
+        report.datasets["val_cn_math"] = len(rep.rendered)
+        report.notes.append(f"val_cn_math rendered in held-out font {val_font!r}: {len(rep.failures)} failed")
 
     train_formulas = _unique_formulas(cn_train, held_out)
     report.notes.append(
         f"cn_math train: {len(cn_train)} labels, {len(train_formulas)} unique after removing validation"
     )
-    report.datasets["train_cn_math"] = _render_in_fonts(
-        train_formulas, out / "train_cn_math", list(fonts), dpi, jobs, seed
-    )
     im_formulas = _unique_formulas(im_train, held_out)
-    report.datasets["train_im2latex_render"] = _render_in_fonts(
-        im_formulas, out / "train_im2latex_render", list(fonts), dpi, jobs, seed + 1
-    )
-
-    # Recombined formulas, for notation the real training formulas rarely show.
-    synthetic = synthesize(train_formulas + im_formulas, synth, seed=seed, exclude=held_out)
-    report.datasets["train_synth"] = _render_in_fonts(
-        synthetic, out / "train_synth", list(fonts), dpi, jobs, seed + 2
-    )
+    rendered = {
+        "train_cn_math": lambda: (train_formulas, fonts, seed),
+        "train_im2latex_render": lambda: (im_formulas, fonts, seed + 1),
+        # Recombined formulas, for notation the real training formulas rarely show.
+        "train_synth": lambda: (
+            synthesize(train_formulas + im_formulas, synth, seed=seed, exclude=held_out),
+            fonts,
+            seed + 2,
+        ),
+        # Other font shapes, on formulas the other sets also draw (a sample, so the set stays small).
+        "train_fonts": lambda: (
+            random.Random(seed + 3).sample(
+                train_formulas + im_formulas, min(more_fonts_count, len(train_formulas + im_formulas))
+            ),
+            more_fonts,
+            seed + 3,
+        ),
+    }
+    for name, make in rendered.items():
+        if wanted(name):
+            formulas, set_fonts, set_seed = make()
+            report.datasets[name] = _render_in_fonts(
+                formulas, out / name, list(set_fonts), dpi, jobs, set_seed
+            )
 
     # Real images stay where they are: the folder format points at them by absolute path.
     for name, samples in {
@@ -144,6 +184,7 @@ def build_datasets(
         "train_crohme": crohme_train,
         "val_crohme": crohme_test,
     }.items():
-        write_folder(samples, out / name, link_images=True)
-        report.datasets[name] = len(samples)
+        if wanted(name):
+            write_folder(samples, out / name, link_images=True)
+            report.datasets[name] = len(samples)
     return report

@@ -32,6 +32,7 @@ from texlens.latex import LatexError, normalize
 
 __all__ = [
     "FONTS",
+    "MORE_FONTS",
     "RenderError",
     "RenderReport",
     "check_formula",
@@ -50,7 +51,18 @@ FONTS: dict[str, str] = {
     "pxfonts": r"\usepackage{pxfonts}",
     # Euler math with Concrete text, the "Concrete Mathematics" look (eulervm is not in Debian's TeX Live).
     "euler": "\\usepackage{beton}\n\\usepackage{euler}",
+    # Text faces made math faces with mathastext (Latin letters and digits; Greek and symbols stay Computer
+    # Modern): other shapes than the classic TeX fonts above, Helvetica among them for sans-serif mathematics.
+    "bookman": "\\usepackage{bookman}\n\\usepackage[italic]{mathastext}",
+    "newcent": "\\usepackage{newcent}\n\\usepackage[italic]{mathastext}",
+    "charter": "\\usepackage{charter}\n\\usepackage[italic]{mathastext}",
+    "utopia": "\\usepackage{utopia}\n\\usepackage[italic]{mathastext}",
+    "helvet": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
+    "\\usepackage[italic]{mathastext}",
 }
+# Fonts of the builder's train_fonts set: every font but the classic four of the main sets and Euler, which
+# cn_math validation holds out.
+MORE_FONTS = ("pxfonts", "bookman", "newcent", "charter", "utopia", "helvet")
 # Fonts whose own package already defines \llbracket and friends (stmaryrd would clash with them).
 _FONTS_WITH_STMARY = frozenset({"txfonts", "pxfonts"})
 

@@ -43,6 +43,9 @@ class RouterConfig:
     window: tuple[int, int] = (64, 256)
     # Preprocessing of the router's input (texlens.image.PreprocessConfig fields); empty = the defaults.
     preprocess: dict[str, Any] = field(default_factory=dict)
+    # "batch" (batch norm) or "group" (group norm: no running statistics, so the call on an image does not depend
+    # on the batches the router last trained on).
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -51,6 +54,14 @@ class RouterConfig:
         self.window = (int(self.window[0]), int(self.window[1]))
         if min(self.window) < 8:
             raise ValueError(f"router window must be at least 8 x 8 pixels, not {self.window}")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"router norm must be 'batch' or 'group', not {self.norm!r}")
+
+    @property
+    def full_window(self) -> bool:
+        """Whether the router reads every image on a whole window (a smaller one zero-padded): a group-norm one
+        does, because its statistics take in padding, which must then be the same in training batches and in use."""
+        return self.norm == "group"
 
 
 class HandwritingRouter(nn.Module):
@@ -70,7 +81,9 @@ class HandwritingRouter(nn.Module):
             for stride in (2, 1):
                 layers += [
                     nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
+                    nn.BatchNorm2d(width)
+                    if self.config.norm == "batch"
+                    else nn.GroupNorm(min(8, width), width),
                     nn.ReLU(inplace=True),
                 ]
                 channels = width
@@ -93,19 +106,26 @@ class HandwritingRouter(nn.Module):
     @torch.inference_mode()
     def is_handwritten(self, pixels: np.ndarray) -> bool:
         """The router's call on one preprocessed (H, W) image (ink = 1), read through the middle window."""
-        view = torch.from_numpy(window(np.asarray(pixels, dtype=np.float32), self.config.window))
+        pixels = np.asarray(pixels, dtype=np.float32)
+        view = torch.from_numpy(window(pixels, self.config.window, pad=self.config.full_window))
         return bool(self(view[None, None])[0] > 0)
 
 
-def window(pixels: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
+def window(
+    pixels: np.ndarray, size: tuple[int, int], rng: np.random.Generator | None = None, pad: bool = False
+) -> np.ndarray:
     """The part of a preprocessed (H, W) image the router reads: at most ``size``, the middle one without ``rng``,
-    else a random one."""
+    else a random one; with ``pad``, exactly ``size``, the image's part at the top left on blank (0) padding."""
     out = pixels
     for axis, limit in enumerate(size):
         extent = out.shape[axis]
         if extent > limit:
             start = (extent - limit) // 2 if rng is None else int(rng.integers(0, extent - limit + 1))
             out = out[start : start + limit] if axis == 0 else out[:, start : start + limit]
+    if pad and out.shape != tuple(size):
+        canvas = np.zeros(size, dtype=out.dtype)
+        canvas[: out.shape[0], : out.shape[1]] = out
+        return canvas
     return np.ascontiguousarray(out)
 
 
