@@ -23,17 +23,19 @@ from texlens.data.formats import read_dataset
 from texlens.image import ImageError, PreprocessConfig, load_image, preprocess
 from texlens.models.router import load_router
 from texlens.predictor import resolve_model_dir
+from texlens.training import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = (("val_cn_math", False, 0), ("val_im2latex", False, 0), ("val_crohme", True, 0))
-# --tails: the held-out tails of the training sets that choose the router's checkpoint (configs/router.yaml's val),
-# for comparing routers without looking at the sets reported above.
-TAILS = (
-    ("train_cn_math", False, 33000),
-    ("train_fonts", False, 21000),
-    ("train_im2latex_real", False, 4600),
-    ("train_crohme", True, 8200),
-)
+
+
+def tails() -> list[tuple[str, bool, int]]:
+    """--tails: the held-out tails of the training sets that choose the router's checkpoint (configs/router.yaml's
+    val), for comparing routers without looking at the sets reported above."""
+    return [
+        (Path(s.path).name, s.handwritten, s.offset)
+        for s in load_config(REPO / "configs" / "router.yaml").val
+    ]
 
 
 def main() -> int:
@@ -53,7 +55,7 @@ def main() -> int:
     config = PreprocessConfig(**router.config.preprocess)
     print(f"router of {model_dir}, {args.n} images per set" + (" (held-out tails)" if args.tails else ""))
     print(f"{'set':<20} {'images':>7} {'called handwritten':>19} {'accuracy':>9} {'ms / image':>11}")
-    for name, handwritten, offset in TAILS if args.tails else SETS:
+    for name, handwritten, offset in tails() if args.tails else SETS:
         folder = Path(args.data) / name
         if not folder.exists():
             print(f"{name:<20} missing (build it with `texlens data build`)")

@@ -347,7 +347,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         "vocab": out_dir / "vocab.json",
         "meta": out_dir / META_FILE,
     }
-    # The handwriting router (PyTorch, a fraction of a millisecond) goes along, so an exported model reads
+    # The handwriting router (PyTorch, a few milliseconds per image) goes along, so an exported model reads
     # handwriting at its own glyph height as the original does.
     if load_router(model_dir) is not None:
         for key, file in (("router", ROUTER_WEIGHTS), ("router_config", ROUTER_CONFIG)):

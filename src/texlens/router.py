@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from texlens.data.dataset import FormulaDataset, mix_indices
 from texlens.image import batch_images
 from texlens.latex import Vocab
-from texlens.models.router import HandwritingRouter, RouterConfig, save_router, window
+from texlens.models.router import HandwritingRouter, RouterConfig, save_router
 from texlens.training import (
     MODEL_DIR,
     FormulaDataModule,
@@ -61,14 +61,9 @@ class RouterDataset(Dataset):
     one class for all: 1.0 = handwritten, 0.0 = printed."""
 
     def __init__(
-        self,
-        formulas: FormulaDataset,
-        handwritten: bool,
-        size: tuple[int, int],
-        seed: int | None = None,
-        pad: bool = False,
+        self, formulas: FormulaDataset, handwritten: bool, config: RouterConfig, seed: int | None = None
     ):
-        self.formulas, self.label, self.size, self.pad = formulas, float(handwritten), size, pad
+        self.formulas, self.label, self.config = formulas, float(handwritten), config
         self.seed, self._rng = seed, None
 
     def __len__(self) -> int:
@@ -78,7 +73,7 @@ class RouterDataset(Dataset):
         if self.seed is not None and self._rng is None:  # per process: DataLoader workers draw their own
             info = torch.utils.data.get_worker_info()
             self._rng = np.random.default_rng([self.seed, info.id if info else 0])
-        return window(self.formulas[index][0], self.size, self._rng, pad=self.pad), self.label
+        return self.config.cut(self.formulas[index][0], self._rng), self.label
 
     def sizes(self) -> list[tuple[int, int]]:
         return self.formulas.sizes()
@@ -144,8 +139,7 @@ class RouterDataModule(FormulaDataModule):
         cfg: TrainConfig,
         train_samples: list[list[Any]],
         val_samples: list[list[Any]],
-        size: tuple[int, int],
-        pad: bool = False,
+        router: RouterConfig,
     ):
         pl.LightningDataModule.__init__(self)  # not FormulaDataModule's: these sets are built differently
         self.cfg = cfg
@@ -156,18 +150,15 @@ class RouterDataModule(FormulaDataModule):
             RouterDataset(
                 FormulaDataset(s, vocab, pre, augment, cfg.max_tokens),
                 spec.handwritten,
-                size,
+                router,
                 cfg.seed + k,
-                pad,
             )
             for k, (s, spec, augment) in enumerate(
                 zip(train_samples, cfg.train, _augmenters(cfg), strict=True)
             )
         ]
         self.val_sets = [
-            RouterDataset(
-                FormulaDataset(s, vocab, pre, None, cfg.max_tokens), spec.handwritten, size, pad=pad
-            )
+            RouterDataset(FormulaDataset(s, vocab, pre, None, cfg.max_tokens), spec.handwritten, router)
             for s, spec in zip(val_samples, cfg.val, strict=True)
         ]
         self.val_names = [_spec_name(s) for s in cfg.val]
@@ -265,9 +256,7 @@ def train_router(cfg: TrainConfig, resume: bool = False) -> Path:
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")
 
     router = HandwritingRouter(RouterConfig(preprocess=dict(cfg.preprocess), **options))
-    datamodule = RouterDataModule(
-        cfg, train_samples, val_samples, router.config.window, pad=router.config.full_window
-    )
+    datamodule = RouterDataModule(cfg, train_samples, val_samples, router.config)
     lit = LitRouter(router, cfg, datamodule.val_names)
     trainer, best = build_trainer(cfg, lit, resume_from)
     started = time.time()

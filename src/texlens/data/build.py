@@ -151,20 +151,19 @@ def build_datasets(
         f"cn_math train: {len(cn_train)} labels, {len(train_formulas)} unique after removing validation"
     )
     im_formulas = _unique_formulas(im_train, held_out)
+    printed = train_formulas + im_formulas
     rendered = {
         "train_cn_math": lambda: (train_formulas, fonts, seed),
         "train_im2latex_render": lambda: (im_formulas, fonts, seed + 1),
         # Recombined formulas, for notation the real training formulas rarely show.
         "train_synth": lambda: (
-            synthesize(train_formulas + im_formulas, synth, seed=seed, exclude=held_out),
+            synthesize(printed, synth, seed=seed, exclude=held_out),
             fonts,
             seed + 2,
         ),
         # Other font shapes, on formulas the other sets also draw (a sample, so the set stays small).
         "train_fonts": lambda: (
-            random.Random(seed + 3).sample(
-                train_formulas + im_formulas, min(more_fonts_count, len(train_formulas + im_formulas))
-            ),
+            random.Random(seed + 3).sample(printed, min(more_fonts_count, len(printed))),
             more_fonts,
             seed + 3,
         ),

@@ -63,6 +63,10 @@ class RouterConfig:
         does, because its statistics take in padding, which must then be the same in training batches and in use."""
         return self.norm == "group"
 
+    def cut(self, pixels: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """What this router reads of a preprocessed (H, W) image, in training (``rng``) and in use alike."""
+        return window(pixels, self.window, rng, pad=self.full_window)
+
 
 class HandwritingRouter(nn.Module):
     """Preprocessed images (B, 1, H, W), ink = 1 on 0 -> logits (B,) of "handwritten".
@@ -106,8 +110,7 @@ class HandwritingRouter(nn.Module):
     @torch.inference_mode()
     def is_handwritten(self, pixels: np.ndarray) -> bool:
         """The router's call on one preprocessed (H, W) image (ink = 1), read through the middle window."""
-        pixels = np.asarray(pixels, dtype=np.float32)
-        view = torch.from_numpy(window(pixels, self.config.window, pad=self.config.full_window))
+        view = torch.from_numpy(self.config.cut(np.asarray(pixels, dtype=np.float32)))
         return bool(self(view[None, None])[0] > 0)
 
 
