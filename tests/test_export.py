@@ -52,19 +52,23 @@ def test_adapter_matches_torch_on_new_shapes(exported) -> None:
         torch.testing.assert_close(memory, model.encode(images), atol=1e-4, rtol=1e-4)
 
 
-def test_atrous_encoder_exports(tmp_path: Path) -> None:
-    """A model whose third stage is a trous (stride 8 x 8) exports, with its finer map and scaled positions."""
+@pytest.mark.parametrize(
+    ("atrous", "shape"),
+    [([False, False, True, False], (8, 40)), ([False, "height", True, False], (16, 40))],  # stride 8x8, 4x8
+)
+def test_atrous_encoder_exports(tmp_path: Path, atrous, shape) -> None:
+    """A model with a trous stages exports, with its finer map and scaled positions."""
     from texlens.latex import Vocab
     from texlens.models import build_model, rebuild, save_model
 
     vocab = Vocab([f"t{i}" for i in range(20)])
     torch.manual_seed(0)
     strided = build_model("resnet-transformer", len(vocab), preset="tiny")
-    model = rebuild(strided, encoder={"atrous": [False, False, True, False]}).eval()
+    model = rebuild(strided, encoder={"atrous": atrous}).eval()
     export_onnx(save_model(model, vocab, tmp_path / "model"), tmp_path / "onnx", int8=False)
     assert check_export(model, tmp_path / "onnx", steps=4) < 1e-3
     onnx_model = OnnxModel(tmp_path / "onnx")
-    assert onnx_model.feature_shape(64, 320) == model.feature_shape(64, 320) == (8, 40)
+    assert onnx_model.feature_shape(64, 320) == model.feature_shape(64, 320) == shape
     images = torch.rand(1, 1, 64, 320)
     torch.testing.assert_close(onnx_model.encode(images), model.encode(images), atol=1e-4, rtol=1e-4)
 

@@ -213,13 +213,21 @@ def test_build_model_overrides():
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("atrous", [(False, False, True, False), (False, True, True, False)])
-def test_atrous_stages_refine_the_map_of_the_strided_weights(name, atrous):
+@pytest.mark.parametrize(
+    ("atrous", "density"),
+    [
+        ((False, False, True, False), (2, 1)),
+        ((False, True, True, False), (4, 2)),
+        ((False, "height", True, False), (4, 1)),  # stride 4 x 8: finer rows only
+        (("width", False, False, False), (1, 2)),
+    ],
+)
+def test_atrous_stages_refine_the_map_of_the_strided_weights(name, atrous, density):
     """An a trous model computes, on every other feature row (column), exactly what its strided original did."""
     strided = tiny(name)
     dense = rebuild(strided, encoder={"atrous": atrous}).eval()
     (dh, dw) = dense.encoder.config.density
-    assert (dh, dw) == ((2, 1) if atrous[1] is False else (4, 2))
+    assert (dh, dw) == density
     sh, sw = strided.encoder.config.total_stride
     assert dense.encoder.config.total_stride == (sh // dh, sw // dw)
     images, tgt = batch(h=64, w=256)
@@ -237,6 +245,8 @@ def test_atrous_stages_refine_the_map_of_the_strided_weights(name, atrous):
         rebuild(strided, d_model=48)
     with pytest.raises(ValueError, match="one entry per stage"):
         rebuild(strided, encoder={"atrous": [True]})
+    with pytest.raises(ValueError, match="an atrous entry is"):
+        rebuild(strided, encoder={"atrous": [False, "rows", True, False]})
 
 
 def _real_pairs(shared_data, n: int = 4) -> tuple[torch.Tensor, list[list[str]]]:

@@ -12,7 +12,8 @@ few positions with many channels, which keeps the CPU cost of a 64x256 image nea
 ``atrous`` turns a stage's stride into a dilation of the later convolutions (DeepLab's "a trous" trick): the
 third stage a trous gives a stride of 8 x 8 (8 rows for a 64-pixel-high image instead of 4) with the very same
 weights, so a model trained with stride 16 starts a finer one exactly where it was (every other row of the new
-map is the old map, and the positional encoding counts rows in the old units).
+map is the old map, and the positional encoding counts rows in the old units). A stage can also go a trous along
+one axis only (``"height"`` or ``"width"``): the second stage a trous in height gives a stride of 4 x 8.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTIONS = ("none", "se", "cbam", "eca")
+ATROUS_AXES = ("height", "width")  # besides True (both axes) and False
+
+
+def _atrous_entry(value: bool | str) -> bool | str:
+    if isinstance(value, str):
+        if value not in ATROUS_AXES:
+            raise ValueError(f"an atrous entry is true, false or one of {ATROUS_AXES}, not {value!r}")
+        return value
+    return bool(value)
+
+
+def atrous_axes(entry: bool | str) -> tuple[bool, bool]:
+    """(height, width): along which axes a stage's ``atrous`` entry turns its stride into a dilation."""
+    return (entry is True or entry == "height", entry is True or entry == "width")
 
 
 @dataclass
@@ -41,14 +56,15 @@ class EncoderConfig:
     # in DeepLab). The feature map keeps the stage's input resolution while each later layer sees the same
     # receptive field as before, so a model trained with strides computes, at every other row (or column),
     # exactly what it computed before: a finer map can start from a coarser model's weights. Empty: none.
-    atrous: tuple[bool, ...] = ()
+    # "height" or "width" does so along that axis only.
+    atrous: tuple[bool | str, ...] = ()
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; keep the dataclass hashable and comparable.
         self.widths = tuple(int(w) for w in self.widths)
         self.blocks = tuple(int(b) for b in self.blocks)
         self.strides = tuple((int(s[0]), int(s[1])) for s in self.strides)
-        self.atrous = tuple(bool(a) for a in self.atrous) or (False,) * len(self.strides)
+        self.atrous = tuple(_atrous_entry(a) for a in self.atrous) or (False,) * len(self.strides)
         if not (len(self.widths) == len(self.blocks) == len(self.strides) == len(self.atrous)):
             raise ValueError("widths, blocks, strides and atrous need one entry per stage")
         if self.attention not in ATTENTIONS:
@@ -56,16 +72,20 @@ class EncoderConfig:
 
     @property
     def conv_strides(self) -> tuple[tuple[int, int], ...]:
-        """The stride each stage's first convolution applies: (1, 1) where the stage is a trous."""
-        return tuple((1, 1) if a else s for s, a in zip(self.strides, self.atrous, strict=True))
+        """The stride each stage's first convolution applies: 1 along the axes where the stage is a trous."""
+        strides = []
+        for (h, w), a in zip(self.strides, self.atrous, strict=True):
+            ah, aw = atrous_axes(a)
+            strides.append((1 if ah else h, 1 if aw else w))
+        return tuple(strides)
 
     @property
     def density(self) -> tuple[int, int]:
         """How many feature rows and columns the a trous stages put where the strided model had one."""
         dh, dw = 1, 1
         for (h, w), a in zip(self.strides, self.atrous, strict=True):
-            if a:
-                dh, dw = dh * h, dw * w
+            ah, aw = atrous_axes(a)
+            dh, dw = dh * (h if ah else 1), dw * (w if aw else 1)
         return dh, dw
 
     @property
@@ -191,13 +211,13 @@ class Encoder(nn.Module):
         stages = []
         c_in = c0
         dilation = (1, 1)  # of the strided model's grid on this one's, grown by each a trous stage
-        for width, n_blocks, stride, atrous in zip(
-            config.widths, config.blocks, config.strides, config.atrous, strict=True
+        for width, n_blocks, stride, conv_stride in zip(
+            config.widths, config.blocks, config.strides, config.conv_strides, strict=True
         ):
             first_in, project = dilation, stride != (1, 1)
-            if atrous:
-                dilation = (dilation[0] * stride[0], dilation[1] * stride[1])
-                stride = (1, 1)
+            # an a trous axis keeps its resolution (conv stride 1) and dilates every later convolution instead
+            dilation = (dilation[0] * stride[0] // conv_stride[0], dilation[1] * stride[1] // conv_stride[1])
+            stride = conv_stride
             blocks = [BasicBlock(c_in, width, stride, config.attention, first_in, dilation, project)]
             blocks += [
                 BasicBlock(width, width, (1, 1), config.attention, dilation) for _ in range(n_blocks - 1)
