@@ -263,8 +263,8 @@ def data_build(
     jobs: Annotated[int, typer.Option()] = 2,
     synth: Annotated[int, typer.Option(help="Recombined formulas to render for training.")] = 30000,
     more_fonts: Annotated[
-        str, typer.Option(help="Fonts of train_fonts.")
-    ] = "pxfonts,bookman,newcent,charter,utopia,helvet",
+        str | None, typer.Option(help="Fonts of train_fonts (default: texlens.data.render.MORE_FONTS).")
+    ] = None,
     more_fonts_count: Annotated[int, typer.Option(help="Formulas train_fonts renders.")] = 24000,
     only: Annotated[
         str | None, typer.Option(help="Comma list of the sets to write, e.g. train_fonts (default: all).")
@@ -272,6 +272,7 @@ def data_build(
 ) -> None:
     """Build the training and validation sets from ../shared/data (rendered, real and handwritten)."""
     from texlens.data.build import build_datasets
+    from texlens.data.render import MORE_FONTS
 
     try:
         report = build_datasets(
@@ -282,7 +283,7 @@ def data_build(
             limit=limit,
             jobs=jobs,
             synth=synth,
-            more_fonts=more_fonts.split(","),
+            more_fonts=more_fonts.split(",") if more_fonts else MORE_FONTS,
             more_fonts_count=more_fonts_count,
             only=set(only.split(",")) if only else None,
         )
