@@ -86,6 +86,8 @@ def test_load_config_types_overrides(tmp_path):
         load_config(TINY, ["max_steps=1.5"])
     with pytest.raises(ValueError, match="schedule"):
         load_config(TINY, ["schedule=exponential"])
+    with pytest.raises(ValueError, match="select: false"):
+        load_config(TINY, ["val.0.select=false"])
     with pytest.raises(ValueError, match="not key=value"):
         load_config(TINY, ["lr"])
 
@@ -151,7 +153,13 @@ def transformer_run(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("rt") / "run"
     torch.set_num_threads(1)
     # Handwriting read at its own glyph height (12 px instead of 9.4): the setting must reach the export.
-    extra = ["preprocess.handwriting_glyph_height=12", "train.0.handwritten=true", "val.0.handwritten=true"]
+    crohme = shared_data / "crohme"
+    # A second validation set that is watched only (select: false): logged, but not in the checkpoint-choosing mean.
+    val = (
+        f"val=[{{path: '{crohme / 'test_2014_caption.txt'}', limit: 24, name: crohme_test}},"
+        f" {{path: '{crohme / 'train_caption.txt'}', offset: 200, limit: 8, name: watched, select: false}}]"
+    )
+    extra = [val, "preprocess.handwriting_glyph_height=12", "train.0.handwritten=true", "val.0.handwritten=true"]
     model_dir = train(load_config(TINY, tiny_overrides(shared_data, out, *extra)))
     return out, model_dir
 
@@ -164,6 +172,11 @@ def test_resnet_transformer_trains_and_exports(transformer_run):
     assert len(losses) >= 6
     assert mean(losses[-3:]) < mean(losses[:2]) - 0.5  # the loss falls
     assert logged(out, "val/edit_similarity") and logged(out, "val/crohme_test/bleu4")
+    # the watched set is logged but only the selecting set makes the mean that picks best.ckpt
+    assert len(logged(out, "val/watched/edit_similarity")) == len(logged(out, "val/edit_similarity"))
+    assert logged(out, "val/edit_similarity") == logged(out, "val/crohme_test/edit_similarity")
+    assert logged(out, "val/loss") == logged(out, "val/crohme_test/loss")
+    assert logged(out, "val/loss") != logged(out, "val/watched/loss")
     model, vocab = load_model(model_dir)
     assert model.name == "resnet-transformer" and len(vocab) == model.config.vocab_size
     assert (out / "curves.png").stat().st_size > 10_000

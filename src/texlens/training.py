@@ -72,6 +72,9 @@ class DatasetSpec:
     # Handwriting (e.g. CROHME): read at ``preprocess.handwriting_glyph_height`` when that is set, and the
     # "handwritten" class when training the router (mode: router).
     handwritten: bool = False
+    # Validation sets only: false logs the set's figures but leaves it out of the mean that picks best.ckpt and
+    # stops early, e.g. a test set whose figures are reported and so must not choose the checkpoint.
+    select: bool = True
 
 
 @dataclass
@@ -164,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay={self.ema_decay}: use 0 (off) or a decay below 1, e.g. 0.999")
         if self.ema_decay and self.mode != "supervised":
             raise ValueError(f"ema_decay is for supervised training; mode {self.mode} keeps plain weights")
+        if self.val and not any(spec.select for spec in self.val):
+            raise ValueError("every val set has select: false; at least one must choose the checkpoints")
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -566,6 +571,7 @@ class LitImageToLatex(_LitBase):
     def __init__(self, model: nn.Module, vocab: Vocab, cfg: TrainConfig, val_names: Sequence[str] = ()):
         super().__init__(model, vocab, cfg)
         self.val_names = list(val_names)
+        self.val_select = [spec.select for spec in cfg.val]  # which sets the checkpoint-choosing mean counts
         self._takes_teacher_forcing = "teacher_forcing" in inspect.signature(model.forward).parameters
         if cfg.teacher_forcing != "teacher" and not self._takes_teacher_forcing:
             raise ValueError(
@@ -637,13 +643,15 @@ class LitImageToLatex(_LitBase):
             name = self.val_names[idx] if idx < len(self.val_names) else f"set{idx}"
             results = state["metrics"].compute()
             results["loss"] = state["loss"] / max(state["tokens"], 1)
+            selected = self.val_select[idx] if idx < len(self.val_select) else True
             for key in ("loss", "edit_similarity", "exact_match", "bleu4", "exprate_1"):
                 self.log(f"val/{name}/{key}", results[key], sync_dist=True, add_dataloader_idx=False)
-                totals.setdefault(key, []).append(results[key])
+                if selected:
+                    totals.setdefault(key, []).append(results[key])
             if "example" in state:
                 ref, pred = state["example"]
                 log.info("step %d %s\n  ref:  %s\n  pred: %s", self.global_step, name, ref, pred)
-        for key, values in totals.items():  # the unweighted mean over validation sets drives checkpoints
+        for key, values in totals.items():  # the unweighted mean over the selecting sets drives checkpoints
             self.log(
                 f"val/{key}",
                 sum(values) / len(values),
