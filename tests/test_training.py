@@ -159,7 +159,12 @@ def transformer_run(shared_data, tmp_path_factory):
         f"val=[{{path: '{crohme / 'test_2014_caption.txt'}', limit: 24, name: crohme_test}},"
         f" {{path: '{crohme / 'train_caption.txt'}', offset: 200, limit: 8, name: watched, select: false}}]"
     )
-    extra = [val, "preprocess.handwriting_glyph_height=12", "train.0.handwritten=true", "val.0.handwritten=true"]
+    extra = [
+        val,
+        "preprocess.handwriting_glyph_height=12",
+        "train.0.handwritten=true",
+        "val.0.handwritten=true",
+    ]
     model_dir = train(load_config(TINY, tiny_overrides(shared_data, out, *extra)))
     return out, model_dir
 
@@ -195,6 +200,7 @@ def test_export_averages_weights_with_other_checkpoints(transformer_run, tmp_pat
 
     from texlens.cli import app
     from texlens.models import build_model, load_model, model_config, save_model
+    from texlens.predictor import Predictor
 
     out, _ = transformer_run
     best = out / "checkpoints" / "best.ckpt"
@@ -217,6 +223,15 @@ def test_export_averages_weights_with_other_checkpoints(transformer_run, tmp_pat
     for exported in (tmp_path / "avg", transformer_run[1]):
         saved = json.loads((exported / "config.json").read_text(encoding="utf-8"))
         assert saved["preprocess"] == {"handwriting_glyph_height": 12}, exported
+    # A reading height chosen after training goes into config.json beside the trained settings; a bad one is refused.
+    result = CliRunner().invoke(app, [*args[:4], "--glyph-height", "10"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "avg" / "config.json").read_text(encoding="utf-8"))
+    assert saved["preprocess"] == {"target_glyph_height": 10.0, "handwriting_glyph_height": 12}
+    assert Predictor(tmp_path / "avg").preprocess_config.target_glyph_height == 10.0
+    result = CliRunner().invoke(app, [*args[:3], str(tmp_path / "bad"), "--glyph-height", "0"])
+    assert result.exit_code != 0 and "target_glyph_height must be a positive" in result.output
+    assert not (tmp_path / "bad").exists()
     # Another architecture (or vocabulary) is refused with a reason, and nothing is written.
     config = model_config(model)
     name = config.pop("name")
@@ -399,16 +414,15 @@ def test_kill_minus_9_then_resume_continues_exactly(shared_data, tmp_path, monke
         seen["weights"] = {k: v.clone() for k, v in self.state_dict().items()}
 
     monkeypatch.setattr(LitImageToLatex, "on_train_start", capture, raising=False)
-    cfg = load_config(
-        TINY, tiny_overrides(shared_data, out, f"max_steps={step + 3}", "val_every_n_steps=1000")
-    )
-    train(cfg, resume=True)
+    # Logging every step, so the resumed run's log has rows after ``step`` whichever step the kill left.
+    resumed = [f"max_steps={step + 3}", "val_every_n_steps=1000", "log_every_n_steps=1"]
+    train(load_config(TINY, tiny_overrides(shared_data, out, *resumed)), resume=True)
     assert seen["step"] == step
     _assert_same(saved["optimizer_states"][0], seen["optimizer"])
     _assert_same(saved["state_dict"], seen["weights"], "weights")
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == step + 3
     resumed_steps = [s for s, _ in logged(out, "lr-AdamW/pg1")]
-    assert max(resumed_steps) >= step
+    assert max(resumed_steps) > step
 
 
 def test_mlm_pretraining_then_fine_tuning(shared_data, tmp_path, monkeypatch):

@@ -325,14 +325,29 @@ def export_model_cmd(
             "last checkpoints, or the end of the run it continued. Same architecture and vocabulary."
         ),
     ] = None,
+    glyph_height: Annotated[
+        float | None,
+        typer.Option(
+            help="Read printed images at this glyph height in pixels instead of the trained one "
+            "(preprocess.target_glyph_height in config.json; choose it with benchmarks/glyph_height.py)."
+        ),
+    ] = None,
 ) -> None:
     """Write a model directory (safetensors + config.json + vocab.json) from a training checkpoint or model dir.
 
     config.json keeps the preprocessing the model was trained with; a router already in OUT_DIR stays.
     """
+    from texlens.image import PreprocessConfig
     from texlens.models import average_weights, save_model
     from texlens.training import load_initial, trained_preprocess, write_preprocess
 
+    preprocess = trained_preprocess(checkpoint)
+    if glyph_height is not None:
+        preprocess = {"target_glyph_height": glyph_height, **preprocess}
+        try:
+            PreprocessConfig(**preprocess)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--glyph-height") from exc
     model, vocab = load_initial(checkpoint)
     if average_with:
         others = [load_initial(path) for path in average_with]
@@ -344,7 +359,7 @@ def export_model_cmd(
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     model_dir = save_model(model.eval().half() if fp16 else model.eval(), vocab, out_dir)
-    write_preprocess(model_dir, trained_preprocess(checkpoint))
+    write_preprocess(model_dir, preprocess)
     print(model_dir)
 
 
