@@ -164,7 +164,8 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
             f"train=[{{path: '{crohme / 'train_caption.txt'}', limit: 300, handwritten: true, augment: 1.0}},"
             f" {{path: '{im2latex}', limit: 300}}]",
             f"val=[{{path: '{crohme / 'test_2014_caption.txt'}', limit: 40, handwritten: true, name: hw}},"
-            f" {{path: '{im2latex}', offset: 300, limit: 40, name: printed}}]",
+            f" {{path: '{im2latex}', offset: 300, limit: 40, name: printed}},"
+            f" {{path: '{im2latex}', offset: 340, limit: 8, name: watched, select: false}}]",
             f"output_dir={out}",
             "batch_size=16",
             "epoch_size=480",
@@ -179,6 +180,15 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
     model_dir = train(cfg)
     assert (model_dir / ROUTER_WEIGHTS).is_file() and (model_dir / ROUTER_CONFIG).is_file()
     assert logged(out, "val/hw/accuracy") and logged(out, "val/printed/accuracy")
+    # the watched set is logged, and the mean that chooses the checkpoint counts only the other two
+    assert len(logged(out, "val/watched/accuracy")) == len(logged(out, "val/accuracy"))
+    for (step, mean), (_, hw), (_, pr) in zip(
+        logged(out, "val/accuracy"),
+        logged(out, "val/hw/accuracy"),
+        logged(out, "val/printed/accuracy"),
+        strict=True,
+    ):
+        assert mean == pytest.approx((hw + pr) / 2), step
     assert max(value for _, value in logged(out, "val/accuracy")) >= 0.9
     assert json.loads((out / "summary.json").read_text())["best_score"] >= 0.9
     shipped = load_config(REPO / "configs" / "router.yaml")

@@ -498,3 +498,17 @@ def test_corrupt_follows_bert_proportions():
     assert kept.sum() / n == pytest.approx(0.1, abs=0.02)
     assert (out[changed] >= len(SPECIAL_TOKENS)).all()
     assert torch.equal(out[~chosen], tokens[~chosen])
+
+
+def test_mlm_validation_leaves_out_sets_that_may_not_choose():
+    from types import SimpleNamespace
+
+    from texlens.latex import Vocab
+    from texlens.mlm import TextDataModule
+
+    cfg = load_config(None, ["mode=mlm", "train=[a]", "val=[b, {path: c, select: false}]"])
+    formulas = [["x + 1", "y ^ { 2 }"], ["a = b"], ["\\frac { 1 } { 2 }", "z", "w"]]
+    train_set, *val_sets = [[SimpleNamespace(latex=f) for f in group] for group in formulas]
+    vocab = Vocab.build(f for group in formulas for f in group)
+    data = TextDataModule(cfg, vocab, [train_set], val_sets)
+    assert len(data.train_set) == 2 and len(data.val_set) == 1  # only b's formula, not c's three

@@ -87,7 +87,13 @@ class TextDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         train = [s.latex for samples in train_samples for s in samples]
-        val = [s.latex for samples in val_samples for s in samples]
+        # One pooled validation set: sets that may not choose the checkpoint (select: false) stay out of it.
+        val = [
+            s.latex
+            for samples, spec in zip(val_samples, cfg.val, strict=True)
+            if spec.select
+            for s in samples
+        ]
         self.train_set = FormulaTextDataset(train, vocab, cfg.max_tokens)
         self.val_set = FormulaTextDataset(val, vocab, cfg.max_tokens)
 

@@ -213,10 +213,12 @@ class LitRouter(pl.LightningModule):
         accuracies, losses = [], []
         for idx, (right, seen, loss) in sorted(self._val.items()):
             name = self.val_names[idx] if idx < len(self.val_names) else f"set{idx}"
-            accuracies.append(right / max(seen, 1))
-            losses.append(loss / max(seen, 1))
-            self.log(f"val/{name}/accuracy", accuracies[-1], sync_dist=True, add_dataloader_idx=False)
-            self.log(f"val/{name}/loss", losses[-1], sync_dist=True, add_dataloader_idx=False)
+            accuracy, mean_loss = right / max(seen, 1), loss / max(seen, 1)
+            self.log(f"val/{name}/accuracy", accuracy, sync_dist=True, add_dataloader_idx=False)
+            self.log(f"val/{name}/loss", mean_loss, sync_dist=True, add_dataloader_idx=False)
+            if idx >= len(self.cfg.val) or self.cfg.val[idx].select:  # select: false sets are watched only
+                accuracies.append(accuracy)
+                losses.append(mean_loss)
         # The unweighted mean over sets: a small handwritten set counts as much as a large printed one.
         mean = sum(accuracies) / len(accuracies)
         self.log("val/accuracy", mean, sync_dist=True, add_dataloader_idx=False, prog_bar=True)

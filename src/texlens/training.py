@@ -73,7 +73,8 @@ class DatasetSpec:
     # "handwritten" class when training the router (mode: router).
     handwritten: bool = False
     # Validation sets only: false logs the set's figures but leaves it out of the mean that picks best.ckpt and
-    # stops early, e.g. a test set whose figures are reported and so must not choose the checkpoint.
+    # stops early, e.g. a test set whose figures are reported and so must not choose the checkpoint (mode: mlm
+    # pools its validation formulas into one set and leaves such sets out).
     select: bool = True
 
 
