@@ -229,6 +229,13 @@ def test_export_averages_weights_with_other_checkpoints(transformer_run, tmp_pat
     saved = json.loads((tmp_path / "avg" / "config.json").read_text(encoding="utf-8"))
     assert saved["preprocess"] == {"target_glyph_height": 10.0, "handwriting_glyph_height": 12}
     assert Predictor(tmp_path / "avg").preprocess_config.target_glyph_height == 10.0
+    # ... and replaces a height the source already reads at (here the directory just written, at 10 px)
+    result = CliRunner().invoke(
+        app, [*args[:2], str(tmp_path / "avg"), str(tmp_path / "at11"), "--glyph-height", "11"]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "at11" / "config.json").read_text(encoding="utf-8"))
+    assert saved["preprocess"] == {"target_glyph_height": 11.0, "handwriting_glyph_height": 12}
     result = CliRunner().invoke(app, [*args[:3], str(tmp_path / "bad"), "--glyph-height", "0"])
     assert result.exit_code != 0 and "target_glyph_height must be a positive" in result.output
     assert not (tmp_path / "bad").exists()

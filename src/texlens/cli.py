@@ -343,6 +343,7 @@ def export_model_cmd(
 
     preprocess = trained_preprocess(checkpoint)
     if glyph_height is not None:
+        preprocess.pop("target_glyph_height", None)  # the chosen height replaces a trained one
         preprocess = {"target_glyph_height": glyph_height, **preprocess}
         try:
             PreprocessConfig(**preprocess)

@@ -216,7 +216,7 @@ class LitRouter(pl.LightningModule):
             accuracy, mean_loss = right / max(seen, 1), loss / max(seen, 1)
             self.log(f"val/{name}/accuracy", accuracy, sync_dist=True, add_dataloader_idx=False)
             self.log(f"val/{name}/loss", mean_loss, sync_dist=True, add_dataloader_idx=False)
-            if idx >= len(self.cfg.val) or self.cfg.val[idx].select:  # select: false sets are watched only
+            if self.cfg.selects(idx):  # select: false sets are watched only
                 accuracies.append(accuracy)
                 losses.append(mean_loss)
         # The unweighted mean over sets: a small handwritten set counts as much as a large printed one.

@@ -171,6 +171,10 @@ class TrainConfig:
         if self.val and not any(spec.select for spec in self.val):
             raise ValueError("every val set has select: false; at least one must choose the checkpoints")
 
+    def selects(self, index: int) -> bool:
+        """Whether validation set ``index`` counts in the mean that chooses checkpoints (``select``)."""
+        return index >= len(self.val) or self.val[index].select
+
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML config into :class:`TrainConfig`, then apply ``key=value`` overrides (dotted keys, YAML values).
@@ -572,7 +576,6 @@ class LitImageToLatex(_LitBase):
     def __init__(self, model: nn.Module, vocab: Vocab, cfg: TrainConfig, val_names: Sequence[str] = ()):
         super().__init__(model, vocab, cfg)
         self.val_names = list(val_names)
-        self.val_select = [spec.select for spec in cfg.val]  # which sets the checkpoint-choosing mean counts
         self._takes_teacher_forcing = "teacher_forcing" in inspect.signature(model.forward).parameters
         if cfg.teacher_forcing != "teacher" and not self._takes_teacher_forcing:
             raise ValueError(
@@ -644,10 +647,9 @@ class LitImageToLatex(_LitBase):
             name = self.val_names[idx] if idx < len(self.val_names) else f"set{idx}"
             results = state["metrics"].compute()
             results["loss"] = state["loss"] / max(state["tokens"], 1)
-            selected = self.val_select[idx] if idx < len(self.val_select) else True
             for key in ("loss", "edit_similarity", "exact_match", "bleu4", "exprate_1"):
                 self.log(f"val/{name}/{key}", results[key], sync_dist=True, add_dataloader_idx=False)
-                if selected:
+                if self.cfg.selects(idx):
                     totals.setdefault(key, []).append(results[key])
             if "example" in state:
                 ref, pred = state["example"]
