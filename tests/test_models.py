@@ -249,6 +249,37 @@ def test_atrous_stages_refine_the_map_of_the_strided_weights(name, atrous, densi
         rebuild(strided, encoder={"atrous": [False, "rows", True, False]})
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_deeper_model_starts_where_its_original_was(name):
+    """Blocks appended to encoder stages (and decoder layers) start as identities: same outputs, then they learn."""
+    original = tiny(name).eval()
+    blocks = [b + (1 if s in (1, 3) else 0) for s, b in enumerate(original.config.encoder.blocks)]
+    grow = {"encoder": {"blocks": blocks}}
+    if name == "resnet-transformer":
+        grow["n_layers"] = original.config.n_layers + 2
+    deeper = rebuild(original, **grow).eval()
+    assert list(deeper.config.encoder.blocks) == blocks
+    assert count_parameters(deeper) > count_parameters(original)
+    images, tgt = batch(h=64, w=256)
+    with torch.no_grad():
+        assert torch.allclose(deeper.encoder(images), original.encoder(images), atol=1e-6)
+        assert torch.allclose(deeper(images, tgt), original(images, tgt), atol=1e-5)
+    # every weight the original had carries over unchanged
+    state = original.state_dict()
+    assert all(torch.equal(deeper.state_dict()[k], v) for k, v in state.items())
+    # the new blocks learn: their zeroed scales get gradients at once
+    deeper.train()
+    loss = deeper(images, tgt).float().logsumexp(-1).mean()
+    loss.backward()
+    new_scale = deeper.encoder.stages[1][-1].bn2.weight
+    assert new_scale.grad is not None and new_scale.grad.abs().sum() > 0
+    # growing is the only change of shape allowed: fewer blocks, or wider ones, are refused
+    with pytest.raises(ValueError, match="changes the model's weights"):
+        rebuild(deeper, encoder={"blocks": list(original.config.encoder.blocks)})
+    with pytest.raises(ValueError, match="changes the model's weights"):
+        rebuild(original, encoder={"widths": [w * 2 for w in original.config.encoder.widths]})
+
+
 def _real_pairs(shared_data, n: int = 4) -> tuple[torch.Tensor, list[list[str]]]:
     """n short formulas of the im2markup sample with their images: grey -> ink 1, fit into 32x128."""
     root = shared_data / "im2markup_sample"

@@ -287,6 +287,33 @@ def test_weight_average_is_exported_and_resumed(shared_data, tmp_path):
     load_initial(out / "checkpoints" / kept[1])  # export and init_from read it
 
 
+def test_a_resumed_run_keeps_the_architecture_it_started_from(shared_data, tmp_path):
+    """A run started from weights of another shape than its preset (a trous, deeper) resumes as that network.
+
+    Before, --resume rebuilt the preset's model and Lightning loaded the a trous weights into the strided one
+    (the same shapes), so stage 14 trained a different network after its restart without a word.
+    """
+    from texlens.models import load_model, model_config, rebuild, save_model
+
+    torch.set_num_threads(1)
+    first = train(load_config(TINY, tiny_overrides(shared_data, tmp_path / "first", "max_steps=2")))
+    model, vocab = load_model(first)
+    start = tmp_path / "start"
+    save_model(rebuild(model, encoder={"atrous": [False, "height", True, False]}), vocab, start)
+    # the run itself grows the model by one encoder block of its second stage
+    extra = ["max_steps=3", "val_every_n_steps=3", f"init_from={start}", "model_options.encoder.blocks=[1,2,1,1]"]
+    cfg = load_config(TINY, tiny_overrides(shared_data, tmp_path / "run", *extra))
+    train(cfg)
+    wanted = model_config(load_initial(tmp_path / "run" / "checkpoints" / "last.ckpt")[0])
+    assert wanted["encoder"]["atrous"] == [False, "height", True, False]
+    assert wanted["encoder"]["blocks"] == [1, 2, 1, 1]
+    resumed = train(dataclasses.replace(cfg, max_steps=5), resume=True)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 5
+    assert last["texlens"]["model_config"] == wanted
+    assert model_config(load_model(resumed)[0]) == wanted
+
+
 def test_periodic_checkpoints_are_written_once_per_optimizer_step(tmp_path):
     from types import SimpleNamespace
 

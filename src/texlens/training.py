@@ -781,7 +781,7 @@ def _build_model(cfg: TrainConfig, vocab: Vocab, initial: nn.Module | None) -> n
     if initial is None:
         return build_model(cfg.model, len(vocab), cfg.preset, **overrides)
     # Start from the given weights: the architecture comes from them; model_options may change only what
-    # keeps every weight's shape (dropout, the encoder's atrous stages).
+    # keeps every weight's shape (dropout, the encoder's atrous stages) or grow the model deeper (models.rebuild).
     name = model_config(initial)["name"]
     if name != cfg.model:
         raise ValueError(f"init_from holds a {name} model but the config trains {cfg.model}")
@@ -928,6 +928,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     initial = None
     if resume:
         vocab = Vocab.load(out / VOCAB_FILE)  # the run's own vocabulary: ids must not move
+        # ... and its own architecture: a model that init_from made (an a trous or grown copy of another) is not
+        # the preset's, and Lightning would load the same weights into a different network without a word.
+        initial, _ = load_initial(resume_from)
     elif cfg.init_from:
         initial, vocab = load_initial(cfg.init_from)
     else:

@@ -107,18 +107,57 @@ def rebuild(model: nn.Module, **overrides: Any) -> ImageToLatex:
     """A model of ``model``'s architecture with config fields overridden, holding ``model``'s weights.
 
     For what changes no weight's shape: dropout, or the encoder's ``atrous`` stages (a finer feature map
-    from a coarser model's weights). An override that would need other weights is refused, naming them.
+    from a coarser model's weights). The model may also grow deeper, computing at first exactly what it
+    computed before: more encoder ``blocks`` in a stage (appended after the stage's own, their last
+    BatchNorm's scale zero, so each adds nothing to its identity shortcut) or more decoder ``n_layers``
+    (appended on top, their output projections zero, so each adds nothing to its pre-norm residual stream).
+    Training then moves the new layers off zero, as with the zero-initialised residuals of Goyal et al. (2017).
+    An override that would need other weights is refused, naming them.
     """
     config = _merge(model_config(model), overrides)
     name = config.pop("name")
     new = build_model(name, **config)
+    state, grown = model.state_dict(), _grown_modules(model, new)
+    missing = set(new.state_dict()) - set(state)
+    fresh = {k for k in missing if any(k.startswith(prefix + ".") for prefix in grown)}
     try:
-        new.load_state_dict(model.state_dict())  # strict: names every missing, unexpected or resized weight
+        # strict but for the grown modules: names every other missing, unexpected or resized weight
+        result = new.load_state_dict(state, strict=False)
+        bad = [k for k in result.missing_keys if k not in fresh] + list(result.unexpected_keys)
+        if bad:
+            raise RuntimeError(f"weights that do not carry over: {sorted(bad)}")
     except RuntimeError as exc:
         raise ValueError(
             f"{overrides} changes the model's weights; train that model from scratch. {exc}"
         ) from exc
+    for prefix in grown:
+        _zero_residual(new.get_submodule(prefix))
     return new
+
+
+def _grown_modules(old: nn.Module, new: nn.Module) -> list[str]:
+    """Names of the encoder blocks and decoder layers ``new`` has beyond ``old``'s (each stage, on top)."""
+    grown: list[str] = []
+    old_blocks = [len(stage) for stage in old.encoder.stages]
+    new_blocks = [len(stage) for stage in new.encoder.stages]
+    if len(old_blocks) == len(new_blocks):
+        for s, (n_old, n_new) in enumerate(zip(old_blocks, new_blocks, strict=True)):
+            grown += [f"encoder.stages.{s}.{b}" for b in range(n_old, n_new)]
+    old_layers, new_layers = getattr(old, "layers", None), getattr(new, "layers", None)
+    if old_layers is not None and new_layers is not None:
+        grown += [f"layers.{i}" for i in range(len(old_layers), len(new_layers))]
+    return grown
+
+
+def _zero_residual(module: nn.Module) -> None:
+    """Make a residual block or pre-norm decoder layer add nothing: zero what its branches end in."""
+    if hasattr(module, "bn2"):  # encoder BasicBlock: relu(bn2(...) + x) = x for the non-negative x it gets
+        nn.init.zeros_(module.bn2.weight)
+        nn.init.zeros_(module.bn2.bias)
+        return
+    for linear in (module.self_attn.out, module.cross_attn.out, module.ff[-1]):
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
 
 
 def count_parameters(model: nn.Module) -> int:
