@@ -301,7 +301,12 @@ def test_a_resumed_run_keeps_the_architecture_it_started_from(shared_data, tmp_p
     start = tmp_path / "start"
     save_model(rebuild(model, encoder={"atrous": [False, "height", True, False]}), vocab, start)
     # the run itself grows the model by one encoder block of its second stage
-    extra = ["max_steps=3", "val_every_n_steps=3", f"init_from={start}", "model_options.encoder.blocks=[1,2,1,1]"]
+    extra = [
+        "max_steps=3",
+        "val_every_n_steps=3",
+        f"init_from={start}",
+        "model_options.encoder.blocks=[1,2,1,1]",
+    ]
     cfg = load_config(TINY, tiny_overrides(shared_data, tmp_path / "run", *extra))
     train(cfg)
     wanted = model_config(load_initial(tmp_path / "run" / "checkpoints" / "last.ckpt")[0])
