@@ -362,6 +362,10 @@ def test_repetition_loop_is_cut(vocab):
     assert "x" not in allowed_after(c, vocab, loop.strip())
     assert "x" in allowed_after(c, vocab, "x + y = x + y =")
     assert "x" in allowed_after(LatexConstraint(vocab.itos), vocab, loop.strip())  # default span is longer
+    # Once cut, the loop is not taken up again a token later: the formula closes what is open and ends.
+    assert allowed_after(c, vocab, loop + "2") == {"<end>"}
+    assert allowed_after(c, vocab, "\\sqrt { " + loop + "2") == {"}"}
+    assert "x" in allowed_after(c, vocab, "\\sqrt { x + y = x + y = 2")  # no loop cut: anything that fits
 
 
 def test_random_walks_always_close(vocab):

@@ -165,7 +165,8 @@ class ParseState(NamedTuple):
     follow, ``"spec"`` when an environment's ``{`` must, ``"dim"`` after ``\\hspace`` (``*`` or ``{`` next) and
     ``"dim{"`` after ``\\hspace *``; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
     close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
-    (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript").
+    (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript");
+    ``looped``: a decoding loop was cut on the way here, so only moves that close the formula are left.
     """
 
     frames: tuple
@@ -175,6 +176,7 @@ class ParseState(NamedTuple):
     recent: tuple
     cost: int
     scripts: int = 0
+    looped: bool = False
 
 
 def _need_cost(need: tuple) -> int:
@@ -198,7 +200,13 @@ def _atom_done(need: tuple) -> tuple:
 
 
 def _state(
-    frames: tuple, need: tuple, expect: str | None, opt: bool, recent: tuple, scripts: int = 0
+    frames: tuple,
+    need: tuple,
+    expect: str | None,
+    opt: bool,
+    recent: tuple,
+    scripts: int = 0,
+    looped: bool = False,
 ) -> ParseState:
     cost = 1  # <end>
     if expect == "left":
@@ -220,7 +228,7 @@ def _state(
             cost += DIM_COST[extra] + _after_atom(saved)
         else:
             cost += (2 if kind == "left" else 1) + _after_atom(saved)
-    return ParseState(frames, need, expect, opt, recent, cost, scripts)
+    return ParseState(frames, need, expect, opt, recent, cost, scripts, looped)
 
 
 class LatexConstraint:
@@ -230,7 +238,8 @@ class LatexConstraint:
     argument; an argument starts with ``{`` or is one token (never ``}``, ``^``, ``&``, ``<end>``); ``\\right``
     only inside ``\\left``; ``\\end{X}`` only for the innermost ``\\begin{X}``; when the remaining budget just
     suffices to close everything, only closing moves are left; a block of up to ``max_period`` tokens that has
-    repeated ``min_repeats`` times in a row over ``loop_span`` tokens may not go on (a decoding loop).
+    repeated ``min_repeats`` times in a row over ``loop_span`` tokens may not go on (a decoding loop), and once
+    one has been cut, only closing moves are left.
 
     ``loop_span=64`` accepts every formula of the IM2LATEX-100K validation set (up to 59 ``~`` or 14 ``{ 0 } &``
     in a row); "3 repeats of a 4-gram" alone would reject 0.25 % of them.
@@ -392,7 +401,10 @@ class LatexConstraint:
             frames = (*frames[:-1], (*frames[-1][:4], (tabs, used + 1 if token == self.amp else 0)))
         else:  # ATOM, plain brackets
             need = _atom_done(need)
-        return _state(frames, need, expect, opt, recent, scripts)
+        # A hypothesis whose loop was cut has lost its place in the image: it closes what is open and ends,
+        # instead of escaping the loop by one token and starting it again until the length budget is spent.
+        looped = s.looped or self._repeated(s.recent) is not None
+        return _state(frames, need, expect, opt, recent, scripts, looped)
 
     def _mask_for(self, s: ParseState, slack: int) -> np.ndarray:
         """Allowed tokens (V,) for state ``s`` when a move may add at most ``slack`` to the closing cost."""
@@ -512,7 +524,10 @@ class LatexConstraint:
     def mask(self, states: Sequence[ParseState], remaining: int) -> np.ndarray:
         """Allowed tokens (N, V), a read-only boolean array, for N hypotheses with ``remaining`` tokens left
         (``<end>`` included)."""
-        rows = [self._mask_for(s, max(-1, min(MAX_DELTA, remaining - 1 - s.cost))) for s in states]
+        rows = [
+            self._mask_for(s, -1 if s.looped else max(-1, min(MAX_DELTA, remaining - 1 - s.cost)))
+            for s in states
+        ]
         for i, s in enumerate(states):
             banned = self._repeated(s.recent)
             if banned is not None and rows[i][banned] and rows[i].sum() > 1:
