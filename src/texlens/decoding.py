@@ -166,7 +166,8 @@ class ParseState(NamedTuple):
     ``"dim{"`` after ``\\hspace *``; ``opt``: just after ``\\sqrt``; ``recent``: the last tokens (loop check); ``cost``: fewest tokens that
     close everything, ``<end>`` included; ``scripts``: the scripts the current base already has at this level
     (``SUP`` | ``SUB`` bits), since a second superscript or subscript is a TeX error ("Double superscript");
-    ``looped``: a decoding loop was cut on the way here, so only moves that close the formula are left.
+    ``loop``: the token that would continue a decoding loop at the end of ``recent`` (None: no loop), found once
+    per state; ``looped``: a loop was cut on the way here, so only moves that close the formula are left.
     """
 
     frames: tuple
@@ -176,6 +177,7 @@ class ParseState(NamedTuple):
     recent: tuple
     cost: int
     scripts: int = 0
+    loop: int | None = None
     looped: bool = False
 
 
@@ -206,6 +208,7 @@ def _state(
     opt: bool,
     recent: tuple,
     scripts: int = 0,
+    loop: int | None = None,
     looped: bool = False,
 ) -> ParseState:
     cost = 1  # <end>
@@ -228,7 +231,7 @@ def _state(
             cost += DIM_COST[extra] + _after_atom(saved)
         else:
             cost += (2 if kind == "left" else 1) + _after_atom(saved)
-    return ParseState(frames, need, expect, opt, recent, cost, scripts, looped)
+    return ParseState(frames, need, expect, opt, recent, cost, scripts, loop, looped)
 
 
 class LatexConstraint:
@@ -403,8 +406,8 @@ class LatexConstraint:
             need = _atom_done(need)
         # A hypothesis whose loop was cut has lost its place in the image: it closes what is open and ends,
         # instead of escaping the loop by one token and starting it again until the length budget is spent.
-        looped = s.looped or self._repeated(s.recent) is not None
-        return _state(frames, need, expect, opt, recent, scripts, looped)
+        looped = s.looped or s.loop is not None
+        return _state(frames, need, expect, opt, recent, scripts, self._repeated(recent), looped)
 
     def _mask_for(self, s: ParseState, slack: int) -> np.ndarray:
         """Allowed tokens (V,) for state ``s`` when a move may add at most ``slack`` to the closing cost."""
@@ -529,7 +532,7 @@ class LatexConstraint:
             for s in states
         ]
         for i, s in enumerate(states):
-            banned = self._repeated(s.recent)
+            banned = s.loop
             if banned is not None and rows[i][banned] and rows[i].sum() > 1:
                 rows[i] = rows[i].copy()
                 rows[i][banned] = False

@@ -117,13 +117,12 @@ def rebuild(model: nn.Module, **overrides: Any) -> ImageToLatex:
     config = _merge(model_config(model), overrides)
     name = config.pop("name")
     new = build_model(name, **config)
-    state, grown = model.state_dict(), _grown_modules(model, new)
-    missing = set(new.state_dict()) - set(state)
-    fresh = {k for k in missing if any(k.startswith(prefix + ".") for prefix in grown)}
+    grown = _grown_modules(model, new)
     try:
         # strict but for the grown modules: names every other missing, unexpected or resized weight
-        result = new.load_state_dict(state, strict=False)
-        bad = [k for k in result.missing_keys if k not in fresh] + list(result.unexpected_keys)
+        result = new.load_state_dict(model.state_dict(), strict=False)
+        fresh = tuple(prefix + "." for prefix in grown)
+        bad = [k for k in result.missing_keys if not k.startswith(fresh)] + list(result.unexpected_keys)
         if bad:
             raise RuntimeError(f"weights that do not carry over: {sorted(bad)}")
     except RuntimeError as exc:
