@@ -1,11 +1,12 @@
 """Choose the glyph height that preprocessing scales images to, on a tuning split no reported figure uses.
 
-    python benchmarks/glyph_height.py [--model DIR] [--n 300] [--heights 8,9.4,10,11,12,13]
+    python benchmarks/glyph_height.py [--model DIR] [--n 300] [--heights 8,9.4,10,11,12,13] [--beam 1]
 
 Same tuning images as `benchmarks/beam_alpha.py`: IM2LATEX held-back validation images from number 2,000 on and
 cn_math validation images (Euler font) from number 5,000 on (the model card reports the first 1,000 and 2,000).
-Greedy decoding; prints exact match, edit similarity and BLEU-4 for each height. A model reads at the height in
-its ``config.json`` (``"preprocess": {"target_glyph_height": H}``), else at ``PreprocessConfig``'s default.
+Greedy decoding unless ``--beam`` says otherwise (every height so far was chosen greedily); prints exact match,
+edit similarity and BLEU-4 for each height. A model reads at the height in its ``config.json``
+(``"preprocess": {"target_glyph_height": H}``), else at ``PreprocessConfig``'s default.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     """Decode the tuning split at each glyph height; print the table."""
     parser = tuning_parser(__doc__)
     parser.add_argument("--heights", default="8,9.4,10,11,12,13", help="comma-separated glyph heights (px)")
+    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     predictor = Predictor(resolve_model_dir(args.model))
@@ -44,7 +46,9 @@ def main() -> None:
             )
             start = time.perf_counter()
             with console.status(f"{name}: {height} px"):
-                tokens = [p.tokens for p in predictor.predict_paths([s.image for s in samples])]
+                tokens = [
+                    p.tokens for p in predictor.predict_paths([s.image for s in samples], beam=args.beam)
+                ]
             seconds = (time.perf_counter() - start) / len(samples)
             row = (exact_match(tokens, refs), mean_edit_similarity(tokens, refs), bleu4(tokens, refs))
             table.add_row(

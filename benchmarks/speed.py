@@ -1,10 +1,11 @@
 """Inference speed of the Predictor on real IM2LATEX-100K validation images, per backend and thread count.
 
-    python benchmarks/speed.py [--model DIR] [--n 200] [--threads 1,2] [--batch 16]
+    python benchmarks/speed.py [--model DIR] [--n 200] [--threads 1,2] [--batch 16] [--beam 3]
 
 For torch, onnx and onnx-int8 with 1 and 2 threads it prints the median and p90 latency of one image at a
 time (load + preprocess + decode, as `texlens predict` does it), the throughput in batches of 16, the mean
 number of output tokens, and how often the tokens equal those of the torch backend; then which backend wins.
+``--beam`` is the beam width (default: texlens's default decoding, ``texlens.DEFAULT_BEAM``; 1 = greedy).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from _shared import first_readable
 from rich.console import Console
 from rich.table import Table
 
+from texlens import DEFAULT_BEAM
 from texlens.export import export_onnx
 from texlens.predictor import Predictor, resolve_model_dir
 
@@ -41,16 +43,16 @@ def val_images(n: int) -> list[Path]:
     return first_readable((root / "images_val" / line.split()[0] for line in lines if line.strip()), n)
 
 
-def measure(predictor: Predictor, images: list[Path], batch: int) -> dict:
+def measure(predictor: Predictor, images: list[Path], batch: int, beam: int) -> dict:
     """Latency of single images, throughput of batches, tokens per image."""
-    predictor.predict(images[0])  # warm-up: first calls allocate and pick kernels
+    predictor.predict(images[0], beam=beam)  # warm-up: first calls allocate and pick kernels
     latencies = []
     for path in images:
         start = time.perf_counter()
-        predictor.predict(path)
+        predictor.predict(path, beam=beam)
         latencies.append((time.perf_counter() - start) * 1000)
     start = time.perf_counter()
-    results = list(predictor.predict_paths(images, batch_size=batch))
+    results = list(predictor.predict_paths(images, beam=beam, batch_size=batch))
     elapsed = time.perf_counter() - start
     return {
         "median": statistics.median(latencies),
@@ -76,6 +78,7 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=16, help="batch size for the throughput column")
     parser.add_argument("--max-len", type=int, default=256, help="longest output, in tokens")
+    parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="beam width; 1 = greedy")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)  # no wrapped columns in logs
 
@@ -85,7 +88,10 @@ def main() -> None:
         onnx_dir = Path(tmp)
         with console.status("exporting to ONNX (float and int8)"):
             export_onnx(model_dir, onnx_dir, int8=True)
-        table = Table(title=f"texlens inference speed: {len(images)} IM2LATEX-100K val images, {model_dir}")
+        decoding = "greedy" if args.beam == 1 else f"beam {args.beam}"
+        table = Table(
+            title=f"texlens inference speed: {len(images)} IM2LATEX-100K val images, {decoding}, {model_dir}"
+        )
         for column in ("backend", "threads", "median ms", "p90 ms", f"images/s (batch {args.batch})"):
             table.add_column(column, justify="right")
         table.add_column("mean tokens", justify="right")
@@ -97,7 +103,7 @@ def main() -> None:
                 source = model_dir if backend == "torch" else onnx_dir
                 predictor = Predictor(source, backend=backend, num_threads=threads, max_len=args.max_len)
                 with console.status(f"{backend}, {threads} thread(s)"):
-                    row = measure(predictor, images, args.batch)
+                    row = measure(predictor, images, args.batch, args.beam)
                 if reference is None:
                     reference = row["results"]
                 same = np.mean([a == b for a, b in zip(row["results"], reference, strict=True)])

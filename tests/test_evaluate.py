@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from texlens import DEFAULT_BEAM
 from texlens.evaluate import evaluate, print_report
 from texlens.training import load_config, train
 
@@ -46,7 +47,7 @@ def test_evaluate_returns_every_metric_and_a_sorted_error_csv(tiny_model, shared
     predictor = Predictor(tiny_model, max_len=48)  # an untrained model rambles: keep decoding short
     metrics = evaluate(predictor, data, limit=12, batch_size=6, errors_csv=errors)
     assert METRIC_KEYS <= set(metrics)
-    assert metrics["count"] == 12 and metrics["beam"] == 1
+    assert metrics["count"] == 12 and metrics["beam"] == DEFAULT_BEAM
     assert 0.0 <= metrics["edit_similarity"] <= 1.0 and metrics["images_per_second"] > 0
     with open(errors, newline="") as f:
         rows = list(csv.DictReader(f))

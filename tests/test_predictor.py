@@ -152,7 +152,7 @@ def test_json_shape(predictor: Predictor, shared_data: Path) -> None:
 
 def test_beam_returns_alternatives(predictor: Predictor, shared_data: Path) -> None:
     path = real_images(shared_data, 1)[0]
-    greedy = predictor.predict(path)
+    greedy = predictor.predict(path, beam=1)
     beam = predictor.predict(path, beam=4)
     assert beam.tokens and beam.alternatives
     assert len(beam.alternatives) <= 3
@@ -163,6 +163,17 @@ def test_beam_returns_alternatives(predictor: Predictor, shared_data: Path) -> N
     assert first[0] == beam.alternatives[0][0] and first[1] == pytest.approx(
         beam.alternatives[0][1], abs=1e-6
     )
+
+
+def test_default_decoding_is_the_beam(predictor: Predictor, shared_data: Path) -> None:
+    """Without ``beam``, the Predictor (so predict, eval, the API and the UI) reads with DEFAULT_BEAM, a beam."""
+    from texlens import DEFAULT_BEAM
+
+    assert DEFAULT_BEAM > 1
+    path = real_images(shared_data, 1)[0]
+    default, beam = predictor.predict(path), predictor.predict(path, beam=DEFAULT_BEAM)
+    assert (default.tokens, default.alternatives) == (beam.tokens, beam.alternatives)
+    assert default.alternatives  # greedy decoding has none
 
 
 def test_attention_maps_cover_the_image(predictor: Predictor, shared_data: Path, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from texlens import DEFAULT_BEAM
+
 app = typer.Typer(
     help="texlens reads pictures of math formulas (printed or handwritten) and writes their LaTeX.",
     no_args_is_help=True,
@@ -63,7 +65,9 @@ def predict(
     model: Annotated[
         str | None, typer.Option(help="Model directory or bundled model name (default: bundled).")
     ] = None,
-    beam: Annotated[int, typer.Option(help="Beam width; 1 = greedy.")] = 1,
+    beam: Annotated[
+        int, typer.Option(help="Beam width; 1 = greedy (faster, a little less accurate).")
+    ] = DEFAULT_BEAM,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     attention: Annotated[
         Path | None, typer.Option(help="Write an attention heat map PNG (first image).")
@@ -103,7 +107,9 @@ def evaluate_cmd(
     data: Annotated[
         Path, typer.Option(help="Dataset: folder with labels.tsv, IM2LATEX list layout or CROHME captions.")
     ] = ...,
-    beam: Annotated[int, typer.Option(help="Beam width; 1 = greedy.")] = 1,
+    beam: Annotated[
+        int, typer.Option(help="Beam width; 1 = greedy (faster, a little less accurate).")
+    ] = DEFAULT_BEAM,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples only.")] = None,
     image_match: Annotated[
         bool, typer.Option(help="Also render prediction and reference with TeX and compare.")

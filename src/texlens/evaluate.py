@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from texlens import DEFAULT_BEAM
 from texlens.latex import LatexError, normalize_tokens, to_latex
 from texlens.metrics import MetricSet, edit_similarity, image_matches
 
@@ -29,7 +30,7 @@ def evaluate(
     model: Any = None,
     dataset_path: str | Path = "",
     *,
-    beam: int = 1,
+    beam: int = DEFAULT_BEAM,
     limit: int | None = None,
     batch_size: int = 16,
     image_match: bool = False,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from texlens import DEFAULT_BEAM
 from texlens.decoding import Hypothesis, beam_search, confidence, greedy_decode
 from texlens.image import ImageError, ImageSource, PreprocessConfig, batch_images, load_image, preprocess
 from texlens.latex import SPECIAL_TOKENS, Vocab, to_latex
@@ -169,7 +170,7 @@ class Predictor:
 
     # --- public API -------------------------------------------------------------------------------------------
     def predict(
-        self, images: ImageSource | Sequence[ImageSource], beam: int = 1, attention: bool = False
+        self, images: ImageSource | Sequence[ImageSource], beam: int = DEFAULT_BEAM, attention: bool = False
     ) -> Prediction | list[Prediction]:
         """Read one image (path, bytes, PIL image, array) or a list of them; a single unusable image raises ImageError."""
         if isinstance(images, (list, tuple)):
@@ -182,7 +183,7 @@ class Predictor:
     def predict_paths(
         self,
         paths: Iterable[ImageSource],
-        beam: int = 1,
+        beam: int = DEFAULT_BEAM,
         attention: bool = False,
         batch_size: int = 16,
     ) -> Iterator[Prediction]:

@@ -32,7 +32,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from texlens import __version__
+from texlens import DEFAULT_BEAM, __version__
 from texlens.image import ImageError, load_image
 
 log = logging.getLogger("texlens.serve")
@@ -364,7 +364,7 @@ def _content_type(request: Request) -> str:
 def _parse_beam(value: Any, settings: ServeSettings) -> int:
     """A beam width from a query/form/JSON value, or ApiError 422."""
     if value is None or value == "":
-        return 1
+        return DEFAULT_BEAM
     try:
         beam = int(value)
         if isinstance(value, float) and value != beam:
@@ -480,7 +480,7 @@ async def read_batch(
 # The app
 # --------------------------------------------------------------------------------------------------
 
-_BEAM = {"type": "integer", "default": 1, "minimum": 1, "description": "beam width; 1 = greedy"}
+_BEAM = {"type": "integer", "default": DEFAULT_BEAM, "minimum": 1, "description": "beam width; 1 = greedy"}
 
 
 def _request_body(multipart: dict[str, Any], json_body: dict[str, Any]) -> dict[str, Any]:
@@ -570,7 +570,7 @@ def create_app(
 
     @app.post("/predict", openapi_extra=_PREDICT_BODY, responses=_ERRORS)
     async def predict(request: Request) -> dict[str, Any]:
-        """Read one image: multipart field `file`, or JSON `{"image_base64": ..., "beam": 1}`."""
+        """Read one image: multipart field `file`, or JSON `{"image_base64": ..., "beam": 3}`."""
         data, beam = await read_single(request, cfg)
         async with decode_slots:
             image = await run_in_threadpool(decode_image, data, cfg.max_pixels)

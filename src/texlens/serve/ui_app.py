@@ -18,6 +18,8 @@ from typing import Any
 
 import streamlit as st
 
+from texlens import DEFAULT_BEAM
+
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "webp", "gif", "tif", "tiff"]
 MAX_HISTORY = 50
 
@@ -202,7 +204,7 @@ def main() -> None:
             "Beam width",
             1,
             8,
-            1,
+            DEFAULT_BEAM,
             key="beam",
             help="1 = greedy decoding; wider beams also list other readings.",
         )
