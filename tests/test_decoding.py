@@ -132,6 +132,43 @@ def test_beam_sorted_and_consistent(name, length_penalty, vocab):
                 assert h.score == pytest.approx(total / len(h.ids), abs=1e-4)
 
 
+class _CopyEverything:
+    """A model whose reorder_state ignores ``same_images`` and copies the whole state, as before it was allowed."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def reorder_state(self, state, index, same_images=False):
+        return self.model.reorder_state(state, index)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_beam_keeps_image_state_in_place_with_the_same_result(name, vocab):
+    """Reordering only what changes (while no image has finished) reads exactly what copying everything reads."""
+    model = tiny(name, vocab, seed=3)
+    x = images(5, seed=3)
+    fast = beam_search(model, x, beam=3, max_len=30, vocab=vocab)
+    full = beam_search(_CopyEverything(model), x, beam=3, max_len=30, vocab=vocab)
+    assert [[h.ids for h in g] for g in fast] == [[h.ids for h in g] for g in full]
+    for f, g in zip(fast, full, strict=True):
+        assert [h.score for h in f] == pytest.approx([h.score for h in g], abs=1e-6)
+    # ... and the static parts really are what the model says: kept rows hold the same image's values.
+    state = model.init_state(model.encode(x[:2]).repeat_interleave(3, 0))
+    kept = model.reorder_state(state, torch.tensor([2, 2, 0, 5, 3, 3]), same_images=True)
+    copied = model.reorder_state(state, torch.tensor([2, 2, 0, 5, 3, 3]))
+    for key in model.static_state:
+        assert kept[key] is state[key]
+        for a, b in zip(
+            kept[key] if isinstance(kept[key], list) else [kept[key]],
+            copied[key] if isinstance(copied[key], list) else [copied[key]],
+            strict=True,
+        ):
+            assert torch.equal(a, b)
+
+
 def test_beam_finds_at_least_greedy_score(vocab):
     """With alpha = 0 the best beam is never worse than the greedy path."""
     model = tiny("resnet-transformer", vocab, seed=2)

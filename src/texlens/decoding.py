@@ -711,7 +711,9 @@ def beam_search(
         if not still:
             break
         index = torch.tensor([p for p, _, _ in rows], device=device)
-        state = model.reorder_state(state, index)
+        # While no image has finished, every row stays with its image: what depends on the image alone (the
+        # memory's cross-attention keys/values, the largest part of the state) needs no copy.
+        state = model.reorder_state(state, index, same_images=len(still) == len(active))
         tokens = torch.tensor([tok for _, tok, _ in rows], device=device)
         if constraint:
             parse = [constraint.advance(parse[p], tok) for p, tok, _ in rows]

@@ -497,11 +497,19 @@ class OnnxModel:
             leaves[k] = value
         return torch.from_numpy(logits), OnnxState(leaves), torch.from_numpy(attention)
 
-    def reorder_state(self, state: OnnxState, index: torch.Tensor) -> OnnxState:
-        """State of the rows ``index`` (0-d leaves such as the position counter are shared)."""
+    def reorder_state(self, state: OnnxState, index: torch.Tensor, same_images: bool = False) -> OnnxState:
+        """State of the rows ``index`` (0-d leaves such as the position counter are shared).
+
+        ``same_images`` as in ``ImageToLatex.reorder_state``: the leaves no step changes (the memory's
+        cross-attention keys/values) are kept as they are.
+        """
         idx = index.detach().cpu().numpy()
+        keep = set() if not same_images else set(range(len(state.leaves))) - set(self.changing)
         return OnnxState(
-            [leaf if leaf.ndim == 0 else np.ascontiguousarray(leaf[idx]) for leaf in state.leaves]
+            [
+                leaf if leaf.ndim == 0 or k in keep else np.ascontiguousarray(leaf[idx])
+                for k, leaf in enumerate(state.leaves)
+            ]
         )
 
     def feature_shape(self, height: int, width: int) -> tuple[int, int]:

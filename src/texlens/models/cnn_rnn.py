@@ -55,6 +55,7 @@ class CnnRnn(ImageToLatex):
     """CNN encoder + GRU decoder with additive attention (the seed's CNN-RNN)."""
 
     name = "cnn-rnn"
+    static_state = ("memory", "memory_proj")
 
     def __init__(self, config: CnnRnnConfig):
         super().__init__()

@@ -312,9 +312,20 @@ class ImageToLatex(nn.Module):
         """Feed one token per row: (logits (B, V), new state, cross-attention (B, S))."""
         raise NotImplementedError
 
-    def reorder_state(self, state: dict, index: torch.Tensor) -> dict:
-        """State of the rows ``index`` (beam search keeps, drops and duplicates hypotheses)."""
-        return reorder(state, index)  # type: ignore[return-value]
+    # Keys of the decoder state that hold what never changes while one image is decoded (its memory, the
+    # cross-attention keys/values of it): ``reorder_state(..., same_images=True)`` leaves them where they are.
+    static_state: tuple[str, ...] = ()
+
+    def reorder_state(self, state: dict, index: torch.Tensor, same_images: bool = False) -> dict:
+        """State of the rows ``index`` (beam search keeps, drops and duplicates hypotheses).
+
+        ``same_images``: the caller promises that row ``i`` of the new state decodes the same image as row ``i``
+        of the old one (beam search reshuffling hypotheses within each image's rows, no image dropped), so the
+        parts that depend only on the image (``static_state``) are kept as they are instead of copied.
+        """
+        if not same_images:
+            return reorder(state, index)  # type: ignore[return-value]
+        return {k: v if k in self.static_state else reorder(v, index) for k, v in state.items()}
 
     def feature_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the attention map for an image of ``height`` x ``width``; S = h * w."""

@@ -126,6 +126,7 @@ class ResNetTransformer(ImageToLatex):
     """ResNet encoder + Transformer decoder with a KV cache for incremental decoding."""
 
     name = "resnet-transformer"
+    static_state = ("cross_k", "cross_v")
 
     def __init__(self, config: ResNetTransformerConfig):
         super().__init__()
