@@ -470,6 +470,8 @@ class OnnxModel:
         self.encoder, self.init, self.decoder = session(ENCODER), session(INIT), session(DECODER)
         self.in_names = [f"in.{n}" for n in self.state_names]
         self.changing = [self.state_names.index(n) for n in meta["state"]["changing"]]
+        # Leaves no step changes: what depends on the image alone (the memory's cross-attention keys/values).
+        self.static = frozenset(range(len(self.state_names))) - frozenset(self.changing)
         self.out_names = ["logits", "attention", *(f"out.{self.state_names[k]}" for k in self.changing)]
 
     def eval(self) -> OnnxModel:
@@ -500,11 +502,11 @@ class OnnxModel:
     def reorder_state(self, state: OnnxState, index: torch.Tensor, same_images: bool = False) -> OnnxState:
         """State of the rows ``index`` (0-d leaves such as the position counter are shared).
 
-        ``same_images`` as in ``ImageToLatex.reorder_state``: the leaves no step changes (the memory's
-        cross-attention keys/values) are kept as they are.
+        ``same_images`` as in ``ImageToLatex.reorder_state``: the leaves no step changes (``static``) are kept
+        as they are.
         """
         idx = index.detach().cpu().numpy()
-        keep = set() if not same_images else set(range(len(state.leaves))) - set(self.changing)
+        keep = self.static if same_images else frozenset()
         return OnnxState(
             [
                 leaf if leaf.ndim == 0 or k in keep else np.ascontiguousarray(leaf[idx])
