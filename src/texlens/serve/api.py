@@ -570,7 +570,7 @@ def create_app(
 
     @app.post("/predict", openapi_extra=_PREDICT_BODY, responses=_ERRORS)
     async def predict(request: Request) -> dict[str, Any]:
-        """Read one image: multipart field `file`, or JSON `{"image_base64": ..., "beam": 3}`."""
+        """Read one image: multipart field `file`, or JSON `{"image_base64": ..., "beam": N}` (beam optional)."""
         data, beam = await read_single(request, cfg)
         async with decode_slots:
             image = await run_in_threadpool(decode_image, data, cfg.max_pixels)
