@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from texlens.decoding import Hypothesis, LatexConstraint, beam_search, confidence, greedy_decode
+from texlens.decoding import END_ID, Hypothesis, LatexConstraint, beam_search, confidence, greedy_decode
 from texlens.latex import LatexError, Vocab, normalize
 from texlens.models import MODELS, build_model
 
@@ -132,41 +132,59 @@ def test_beam_sorted_and_consistent(name, length_penalty, vocab):
                 assert h.score == pytest.approx(total / len(h.ids), abs=1e-4)
 
 
-class _CopyEverything:
-    """A model whose reorder_state ignores ``same_images`` and copies the whole state, as before it was allowed."""
+class _StatePerRow:
+    """A model whose every state part has a row per hypothesis: beam search as it was before the beams of an
+    image shared one copy of its memory."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model):
         self.model = model
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def reorder_state(self, state, index, same_images=False):
-        return self.model.reorder_state(state, index)
+    def reorder_state(self, state, index, images=None):
+        return self.model.reorder_state(state, index, images=index)
+
+
+class _EndsPerImage:
+    """A model that ends image i's hypotheses after 2 + 2 i tokens (i: its rank in the batch by mean memory), so
+    that the images of a batch finish at different steps."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def init_state(self, memory):
+        rank = memory.abs().mean((1, 2)).argsort().argsort()
+        return {"inner": self.model.init_state(memory), "ends": 2 + 2 * rank, "t": 0}
+
+    def reorder_state(self, state, index, images=None):
+        inner = self.model.reorder_state(state["inner"], index, images=images)
+        return {"inner": inner, "ends": state["ends"][index], "t": state["t"]}
+
+    def step(self, tokens, state):
+        logits, inner, att = self.model.step(tokens, state["inner"])
+        t = state["t"] + 1
+        logits = logits.clone()
+        due = t >= state["ends"]
+        logits[:, END_ID] = torch.where(due, logits.max(-1).values + 5, logits.min(-1).values - 5)
+        return logits, {"inner": inner, "ends": state["ends"], "t": t}, att
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_beam_keeps_image_state_in_place_with_the_same_result(name, vocab):
-    """Reordering only what changes (while no image has finished) reads exactly what copying everything reads."""
-    model = tiny(name, vocab, seed=3)
+def test_beams_sharing_their_image_state_find_the_same(name, vocab):
+    """One copy of each image's memory for its beams reads exactly what a copy per beam reads, also as images
+    finish one after another and leave the batch."""
+    model = _EndsPerImage(tiny(name, vocab, seed=3))
     x = images(5, seed=3)
-    fast = beam_search(model, x, beam=3, max_len=30, vocab=vocab)
-    full = beam_search(_CopyEverything(model), x, beam=3, max_len=30, vocab=vocab)
-    assert [[h.ids for h in g] for g in fast] == [[h.ids for h in g] for g in full]
-    for f, g in zip(fast, full, strict=True):
-        assert [h.score for h in f] == pytest.approx([h.score for h in g], abs=1e-6)
-    # ... and the static parts really are what the model says: kept rows hold the same image's values.
-    state = model.init_state(model.encode(x[:2]).repeat_interleave(3, 0))
-    kept = model.reorder_state(state, torch.tensor([2, 2, 0, 5, 3, 3]), same_images=True)
-    copied = model.reorder_state(state, torch.tensor([2, 2, 0, 5, 3, 3]))
-    for key in model.static_state:
-        assert kept[key] is state[key]
-        for a, b in zip(
-            kept[key] if isinstance(kept[key], list) else [kept[key]],
-            copied[key] if isinstance(copied[key], list) else [copied[key]],
-            strict=True,
-        ):
-            assert torch.equal(a, b)
+    shared = beam_search(model, x, beam=3, max_len=30, vocab=vocab, constraints=False)
+    per_row = beam_search(_StatePerRow(model), x, beam=3, max_len=30, vocab=vocab, constraints=False)
+    assert sorted(len(g[0].ids) for g in shared) == [2, 4, 6, 8, 10]  # <end> included
+    assert [[h.ids for h in g] for g in shared] == [[h.ids for h in g] for g in per_row]
+    for f, g in zip(shared, per_row, strict=True):
+        assert [h.score for h in f] == pytest.approx([h.score for h in g], abs=1e-5)
 
 
 def test_beam_finds_at_least_greedy_score(vocab):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +81,17 @@ def test_reorder_state_selects_rows(exported) -> None:
     state = onnx_model.init_state(onnx_model.encode(torch.rand(3, 1, 32, 64)))
     _, state, _ = onnx_model.step(torch.tensor([5, 6, 7]), state)
     picked = onnx_model.reorder_state(state, torch.tensor([2, 2, 0]))
-    for old, new in zip(state.leaves, picked.leaves, strict=True):
-        if old.ndim:
-            np.testing.assert_array_equal(new, old[[2, 2, 0]])
+    kept = onnx_model.reorder_state(state, torch.tensor([2, 0]), images=torch.tensor([2, 0]))
+    for k, (old, new, both) in enumerate(zip(state.leaves, picked.leaves, kept.leaves, strict=True)):
+        if not old.ndim:
+            assert new == both == old
+        elif k in onnx_model.static:  # one row per image: stays unless images are picked
+            assert new is old
+            np.testing.assert_array_equal(both, old[[2, 0]])
         else:
-            assert new == old
+            np.testing.assert_array_equal(new, old[[2, 2, 0]])
+            np.testing.assert_array_equal(both, old[[2, 0]])
+    assert onnx_model.static and onnx_model.shared_static
 
 
 def test_onnx_backend_gives_the_torch_tokens_on_real_images(exported, shared_data: Path) -> None:
@@ -105,6 +113,31 @@ def test_onnx_backend_gives_the_torch_tokens_on_real_images(exported, shared_dat
         Predictor(onnx_dir, backend="onnx-int8", max_len=MAX_LEN, num_threads=1).predict_paths(images[:3])
     )
     assert all(r.error is None and r.tokens for r in int8)
+
+
+def test_exports_before_version_3_keep_a_state_row_per_hypothesis(
+    exported, shared_data: Path, tmp_path: Path
+) -> None:
+    """An export without ``export_version`` (made before beams shared their image's state) is decoded with the
+    whole state copied per hypothesis, and reads what a current export reads."""
+    _, onnx_dir, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(onnx_dir, old)
+    meta = json.loads((old / "onnx.json").read_text())
+    del meta["export_version"]
+    (old / "onnx.json").write_text(json.dumps(meta))
+    assert not OnnxModel(old).shared_static
+    images = real_images(shared_data, 4)
+    read = [
+        [
+            r.tokens
+            for r in Predictor(d, backend="onnx", max_len=MAX_LEN, num_threads=1).predict_paths(
+                images, beam=3
+            )
+        ]
+        for d in (onnx_dir, old)
+    ]
+    assert read[0] == read[1]
 
 
 def test_ensure_onnx_exports_once_into_the_cache(

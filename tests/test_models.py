@@ -124,10 +124,34 @@ def test_reorder_state(name):
     images, tgt = batch()
     state = model.init_state(model.encode(images))
     _, state, _ = model.step(tgt[:, 0], state)
-    swapped = model.reorder_state(state, torch.tensor([1, 0]))
+    swapped = model.reorder_state(state, torch.tensor([1, 0]), images=torch.tensor([1, 0]))
     a, _, _ = model.step(tgt[:, 1], state)
     b, _, _ = model.step(tgt[:, 1].flip(0), swapped)
     assert torch.allclose(a.flip(0), b, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hypotheses_share_their_image_state(name):
+    """g rows per image against one copy of its memory step exactly like g copies of the memory (beam search)."""
+    model = tiny(name)
+    images, tgt = batch(b=2)
+    memory = model.encode(images)
+    rows = torch.arange(2).repeat_interleave(3)
+    shared = model.reorder_state(model.init_state(memory), rows)
+    copied = model.init_state(memory.repeat_interleave(3, 0))
+    for key in model.static_state:  # one row per image, not per hypothesis
+        leaves = shared[key] if isinstance(shared[key], list) else [shared[key]]
+        assert all(leaf.shape[0] == 2 for leaf in leaves)
+    g = torch.Generator().manual_seed(4)
+    for step in range(6):
+        if step == 3:  # beams trade places and the first image finishes: its rows and its memory go
+            shared = model.reorder_state(shared, torch.tensor([5, 3, 3]), images=torch.tensor([1]))
+            copied = model.reorder_state(copied, torch.tensor([5, 3, 3]), images=torch.tensor([5, 3, 3]))
+        tokens = torch.randint(5, VOCAB_SIZE, (6 if step < 3 else 3,), generator=g)
+        a, shared, att_a = model.step(tokens, shared)
+        b, copied, att_b = model.step(tokens, copied)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(att_a, att_b, atol=1e-6, rtol=1e-5)
 
 
 def test_scheduled_sampling():

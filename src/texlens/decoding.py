@@ -616,7 +616,8 @@ def greedy_decode(
         if not keep:
             break
         if len(keep) < len(rows):  # drop finished rows from the batch
-            state = model.reorder_state(state, torch.tensor(keep, device=images.device))
+            keep_t = torch.tensor(keep, device=images.device)
+            state = model.reorder_state(state, keep_t, images=keep_t)  # one row per image
             best_ids = [best_ids[r] for r in keep]
             rows = [rows[r] for r in keep]
             if constraint:
@@ -652,7 +653,10 @@ def beam_search(
     feature_shape = model.feature_shape(*images.shape[-2:])
     device = images.device
     b, k = images.shape[0], beam
-    state = model.init_state(model.encode(images).repeat_interleave(k, 0))
+    # One copy of each image's memory (and what depends on it alone) for its k beams: the k rows of an image
+    # attend to it together (see ``ImageToLatex.step``); only what a step changes has a row per beam.
+    state = model.init_state(model.encode(images))
+    state = model.reorder_state(state, torch.arange(b, device=device).repeat_interleave(k))
     tokens = torch.full((b * k,), START_ID, dtype=torch.long, device=device)
     cum = torch.full((b, k), float("-inf"), device=device)
     cum[:, 0] = 0.0  # the k beams of an image start identical: expand only the first
@@ -710,10 +714,13 @@ def beam_search(
             still.append(img)
         if not still:
             break
-        index = torch.tensor([p for p, _, _ in rows], device=device)
-        # While no image has finished, every row stays with its image: what depends on the image alone (the
-        # memory's cross-attention keys/values, the largest part of the state) needs no copy.
-        state = model.reorder_state(state, index, same_images=len(still) == len(active))
+        parents = [p for p, _, _ in rows]
+        if len(still) < len(active):  # images finished: drop their rows and their memory
+            position = {img: a for a, img in enumerate(active)}
+            kept = torch.tensor([position[img] for img in still], device=device)
+            state = model.reorder_state(state, torch.tensor(parents, device=device), images=kept)
+        elif parents != list(range(len(parents))):  # else every beam extends itself: nothing to move
+            state = model.reorder_state(state, torch.tensor(parents, device=device))
         tokens = torch.tensor([tok for _, tok, _ in rows], device=device)
         if constraint:
             parse = [constraint.advance(parse[p], tok) for p, tok, _ in rows]

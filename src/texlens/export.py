@@ -31,7 +31,7 @@ from torch import nn
 __all__ = ["OnnxModel", "ensure_onnx", "export_onnx"]
 
 OPSET = 17
-EXPORT_VERSION = 2  # part of the cache key: a change to how graphs are exported invalidates cached exports
+EXPORT_VERSION = 3  # part of the cache key: a change to how graphs are exported invalidates cached exports
 ENCODER, INIT, DECODER = "encoder", "decoder_init", "decoder"
 META_FILE = "onnx.json"
 # Largest |torch - onnxruntime| logit difference accepted by the check that runs after every export.
@@ -128,13 +128,17 @@ class _Step(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _probe(model: nn.Module, batch: int, height: int, width: int, steps: int) -> tuple[torch.Tensor, Any]:
-    """(memory, state after ``steps`` tokens) for random images of one size."""
+def _probe(
+    model: nn.Module, batch: int, height: int, width: int, steps: int, group: int = 1
+) -> tuple[torch.Tensor, Any]:
+    """(memory, state after ``steps`` tokens) for random images of one size, ``group`` hypotheses per image."""
     gen = torch.Generator().manual_seed(batch * 1000 + width)
     images = (torch.rand(batch, 1, height, width, generator=gen) > 0.8).float()
     memory = model.encode(images)
     state = model.init_state(memory)
-    tokens = torch.full((batch,), 1, dtype=torch.long)
+    if group > 1:
+        state = model.reorder_state(state, torch.arange(batch).repeat_interleave(group))
+    tokens = torch.full((batch * group,), 1, dtype=torch.long)
     for _ in range(steps):
         logits, state, _ = model.step(tokens, state)
         tokens = logits.argmax(-1)
@@ -323,12 +327,14 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
             ["logits", "attention", *(out_names[k] for k in changing)],
             step_axes,
         )
-        # Probes that differ in batch, memory length and prefix length (none of them 0) for fold_reshapes.
+        # Probes that differ in batch, hypotheses per image, memory length and prefix length (none of them 0)
+        # for fold_reshapes.
         _, state_c = _probe(model, 1, 64, 256, 5)
-        leaves_c = _as_tensors(flatten_state(state_c)[1])
+        _, state_d = _probe(model, 2, 48, 96, 4, group=3)
+        leaves_c, leaves_d = (_as_tensors(flatten_state(x)[1]) for x in (state_c, state_d))
         probes = [
-            _step_feeds(torch.arange(batch, dtype=torch.long) + 5, leaves, in_names)
-            for batch, leaves in ((2, leaves_a), (3, leaves_b), (1, leaves_c))
+            _step_feeds(torch.arange(rows, dtype=torch.long) + 5, leaves, in_names)
+            for rows, leaves in ((2, leaves_a), (3, leaves_b), (1, leaves_c), (6, leaves_d))
         ]
         fold_reshapes(paths[DECODER], probes)
 
@@ -337,6 +343,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         "opset": OPSET,
         "state": {"names": names, "kinds": kinds, "changing": [names[k] for k in changing]},
         "feature_stride": list(_feature_stride(model)),
+        "export_version": EXPORT_VERSION,
     }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     for file in ("config.json", "vocab.json"):
@@ -387,13 +394,16 @@ def check_export(model: nn.Module, onnx_dir: Path, steps: int = 4) -> float:
     onnx_model = OnnxModel(onnx_dir)
     worst = 0.0
     with torch.no_grad():
-        for batch, height, width in ((3, 48, 96), (1, 40, 200)):
+        # The last case decodes 3 hypotheses per image against one copy of its memory, as beam search does.
+        for batch, height, width, group in ((3, 48, 96, 1), (1, 40, 200, 1), (2, 32, 160, 3)):
             generator = torch.Generator().manual_seed(7 + batch)
             images = (torch.rand(batch, 1, height, width, generator=generator) > 0.8).float()
             memory_t, memory_o = model.encode(images), onnx_model.encode(images)
             worst = max(worst, float((memory_t - memory_o).abs().max()))
             state_t, state_o = model.init_state(memory_t), onnx_model.init_state(memory_o)
-            tokens = torch.arange(batch) + 5
+            rows = torch.arange(batch).repeat_interleave(group)
+            state_t, state_o = model.reorder_state(state_t, rows), onnx_model.reorder_state(state_o, rows)
+            tokens = torch.arange(batch * group) + 5
             for _ in range(steps):
                 logits_t, state_t, att_t = model.step(tokens, state_t)
                 logits_o, state_o, att_o = onnx_model.step(tokens, state_o)
@@ -472,6 +482,8 @@ class OnnxModel:
         self.changing = [self.state_names.index(n) for n in meta["state"]["changing"]]
         # Leaves no step changes: what depends on the image alone (the memory's cross-attention keys/values).
         self.static = frozenset(range(len(self.state_names))) - frozenset(self.changing)
+        # Since export version 3 the static leaves hold one row per image however many hypotheses decode it.
+        self.shared_static = meta.get("export_version", 2) >= 3
         self.out_names = ["logits", "attention", *(f"out.{self.state_names[k]}" for k in self.changing)]
 
     def eval(self) -> OnnxModel:
@@ -499,20 +511,25 @@ class OnnxModel:
             leaves[k] = value
         return torch.from_numpy(logits), OnnxState(leaves), torch.from_numpy(attention)
 
-    def reorder_state(self, state: OnnxState, index: torch.Tensor, same_images: bool = False) -> OnnxState:
-        """State of the rows ``index`` (0-d leaves such as the position counter are shared).
+    def reorder_state(
+        self, state: OnnxState, index: torch.Tensor, images: torch.Tensor | None = None
+    ) -> OnnxState:
+        """State of the hypothesis rows ``index``; ``images`` as in ``ImageToLatex.reorder_state``.
 
-        ``same_images`` as in ``ImageToLatex.reorder_state``: the leaves no step changes (``static``) are kept
-        as they are.
+        The leaves no step changes (``static``) hold one row per image. 0-d leaves (the position counter) are
+        shared. Graphs exported before version 3 keep a row per hypothesis everywhere: all leaves follow ``index``.
         """
         idx = index.detach().cpu().numpy()
-        keep = self.static if same_images else frozenset()
-        return OnnxState(
-            [
-                leaf if leaf.ndim == 0 or k in keep else np.ascontiguousarray(leaf[idx])
-                for k, leaf in enumerate(state.leaves)
-            ]
-        )
+        img = None if images is None else images.detach().cpu().numpy()
+        leaves = []
+        for k, leaf in enumerate(state.leaves):
+            if leaf.ndim == 0:
+                leaves.append(leaf)
+            elif k in self.static and self.shared_static:
+                leaves.append(leaf if img is None else np.ascontiguousarray(leaf[img]))
+            else:
+                leaves.append(np.ascontiguousarray(leaf[idx]))
+        return OnnxState(leaves)
 
     def feature_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the feature map for an image of ``height`` x ``width``."""

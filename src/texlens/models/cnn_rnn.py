@@ -45,10 +45,14 @@ class AdditiveAttention(nn.Module):
     def forward(
         self, h: torch.Tensor, memory: torch.Tensor, memory_proj: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (B, D) and weights (B, S); ``memory_proj`` = W_m memory, computed once per image."""
-        scores = self.v(torch.tanh(memory_proj + self.w_h(h)[:, None])).squeeze(-1)
+        """Context (R, D) and weights (R, S); ``memory_proj`` = W_m memory, computed once per image.
+
+        ``memory`` (B, S, D) may hold one row per image for g = R / B consecutive rows of ``h`` (R, hidden) each.
+        """
+        query = self.w_h(h).unflatten(0, (memory.shape[0], -1))  # (B, g, A)
+        scores = self.v(torch.tanh(memory_proj[:, None] + query[:, :, None])).squeeze(-1)  # (B, g, S)
         weights = scores.float().softmax(-1).to(memory.dtype)
-        return torch.bmm(weights[:, None], memory).squeeze(1), weights
+        return torch.bmm(weights, memory).flatten(0, 1), weights.flatten(0, 1)
 
 
 class CnnRnn(ImageToLatex):

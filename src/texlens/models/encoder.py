@@ -305,27 +305,32 @@ class ImageToLatex(nn.Module):
         raise NotImplementedError
 
     def init_state(self, memory: torch.Tensor) -> dict:
-        """Decoder state before the first token, from the memory of ``encode``."""
+        """Decoder state before the first token, from the memory of ``encode``: one row per image."""
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """Feed one token per row: (logits (B, V), new state, cross-attention (B, S))."""
+        """Feed one token per row: (logits (R, V), new state, cross-attention (R, S)).
+
+        The state's ``static_state`` parts hold one row per image (B), the rest one row per hypothesis (R): the
+        R rows are the B images' hypotheses, g = R / B consecutive rows per image (beam search decodes g beams
+        of every image against one copy of its memory).
+        """
         raise NotImplementedError
 
     # Keys of the decoder state that hold what never changes while one image is decoded (its memory, the
-    # cross-attention keys/values of it): ``reorder_state(..., same_images=True)`` leaves them where they are.
+    # cross-attention keys/values of it): one row per image, however many hypotheses decode that image.
     static_state: tuple[str, ...] = ()
 
-    def reorder_state(self, state: dict, index: torch.Tensor, same_images: bool = False) -> dict:
-        """State of the rows ``index`` (beam search keeps, drops and duplicates hypotheses).
+    def reorder_state(self, state: dict, index: torch.Tensor, images: torch.Tensor | None = None) -> dict:
+        """State of the hypothesis rows ``index`` (beam search keeps, drops and duplicates hypotheses).
 
-        ``same_images``: the caller promises that row ``i`` of the new state decodes the same image as row ``i``
-        of the old one (beam search reshuffling hypotheses within each image's rows, no image dropped), so the
-        parts that depend only on the image (``static_state``) are kept as they are instead of copied.
+        ``images``: the images still decoded (rows of the ``static_state`` parts), in order; None keeps them all
+        where they are. The new rows must stay grouped by image, the same number per image.
         """
-        if not same_images:
-            return reorder(state, index)  # type: ignore[return-value]
-        return {k: v if k in self.static_state else reorder(v, index) for k, v in state.items()}
+        return {
+            k: (v if images is None else reorder(v, images)) if k in self.static_state else reorder(v, index)
+            for k, v in state.items()
+        }
 
     def feature_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the attention map for an image of ``height`` x ``width``; S = h * w."""

@@ -117,8 +117,15 @@ class DecoderLayer(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         a, _ = self.self_attn(h, k, v, mask=self_mask)
         x = x + self.drop(a)
-        a, weights = self.cross_attn(self.norm2(x), *cross_kv, need_weights=need_weights)
-        x = x + self.drop(a)
+        # The memory's keys/values may hold one row per image for g rows of x each (beam search's hypotheses):
+        # the g rows' queries attend together, as g*T positions of one row, and nothing is copied per row.
+        # Cross-attention has no mask, so this is the same computation as g copies of the memory.
+        h = self.norm2(x)
+        q = h.reshape(cross_kv[0].shape[0], -1, h.shape[-1])
+        a, weights = self.cross_attn(q, *cross_kv, need_weights=need_weights)
+        x = x + self.drop(a.reshape(x.shape))
+        if weights is not None:  # (B, H, g*T, S) -> (R, H, T, S)
+            weights = weights.unflatten(2, (-1, x.shape[1])).transpose(1, 2).flatten(0, 1)
         return x + self.drop(self.ff(self.norm3(x))), (k, v), weights
 
 
