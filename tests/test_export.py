@@ -38,6 +38,13 @@ def test_files_are_valid_onnx(exported) -> None:
     graph = onnx.load(str(files["encoder"])).graph
     dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]
+    # Every reshape of a decoder step has its target shape folded: a constant, or sizes read once from the
+    # state's inputs (the images' count for g hypotheses per image), not shape arithmetic per reshape.
+    step = onnx.load(str(files["decoder"])).graph
+    made_by = {out: node.op_type for node in step.node for out in node.output}
+    constants = {t.name for t in step.initializer}
+    targets = [node.input[1] for node in step.node if node.op_type == "Reshape"]
+    assert targets and all(t in constants or t.startswith("fold_shape/") for t in targets), made_by
 
 
 def test_adapter_matches_torch_on_new_shapes(exported) -> None:

@@ -31,7 +31,7 @@ from torch import nn
 __all__ = ["OnnxModel", "ensure_onnx", "export_onnx"]
 
 OPSET = 17
-EXPORT_VERSION = 3  # part of the cache key: a change to how graphs are exported invalidates cached exports
+EXPORT_VERSION = 4  # part of the cache key: a change to how graphs are exported invalidates cached exports
 ENCODER, INIT, DECODER = "encoder", "decoder_init", "decoder"
 META_FILE = "onnx.json"
 # Largest |torch - onnxruntime| logit difference accepted by the check that runs after every export.
@@ -190,7 +190,10 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
     The tracer computes every reshape target from the tensor's runtime shape (Shape, Slice, Concat, ... per call):
     at one token per step that bookkeeping is a third of the decoder's operators. Running the graph on ``probes``
     (feeds that differ in every dynamic size) shows which output dim copies which input dim and which is fixed;
-    the dead shape arithmetic is then dropped. ``check_export`` afterwards compares the result with PyTorch.
+    the dead shape arithmetic is then dropped. A target with more than one size known only at run time (the
+    queries of g hypotheses per image regrouped by image: (g*B, 1, D) -> (B, g, D)) takes the sizes it can from the
+    graph's inputs instead (B is the batch of the cross-attention keys), one shared Shape per input dim.
+    ``check_export`` afterwards compares the result with PyTorch.
     """
     import onnx
     import onnxruntime as ort
@@ -215,6 +218,45 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     seen = [dict(zip(names, (np.shape(x) for x in session.run(None, f)), strict=True)) for f in probes]
+    graph_inputs = [i.name for i in graph_model.graph.input if i.name in probes[0]]
+    shared: dict[
+        Any, str
+    ] = {}  # (input, dim) -> its Shape node's output; target pattern -> its Concat's output
+    prologue: list[Any] = []  # nodes for those, placed first (they read graph inputs and constants only)
+
+    def input_dim(sizes: list[int]) -> tuple[str, int] | None:
+        """The first graph input dimension that has these sizes in every probe."""
+        for name in graph_inputs:
+            shapes = [np.shape(f[name]) for f in probes]
+            for d in range(len(shapes[0])):
+                if all(len(sh) > d and sh[d] == n for sh, n in zip(shapes, sizes, strict=True)):
+                    return name, d
+        return None
+
+    def shape_tensor(target: list[Any]) -> str:
+        """A tensor holding ``target``: ints as constants, (input, dim) pairs read at run time."""
+        key = tuple(target)
+        if key in shared:
+            return shared[key]
+        pieces = []
+        for part in target:
+            if isinstance(part, tuple):
+                if part not in shared:
+                    shared[part] = f"{part[0]}/dim{part[1]}"
+                    prologue.append(
+                        helper.make_node("Shape", [part[0]], [shared[part]], start=part[1], end=part[1] + 1)
+                    )
+                pieces.append(shared[part])
+            else:
+                const = f"fold_shape/const{len(graph_model.graph.initializer)}"
+                graph_model.graph.initializer.append(
+                    numpy_helper.from_array(np.array([part], np.int64), const)
+                )
+                pieces.append(const)
+        shared[key] = f"fold_shape/target{len(shared)}"
+        prologue.append(helper.make_node("Concat", pieces, [shared[key]], axis=0))
+        return shared[key]
+
     folded = 0
     for node in reshapes:
         ins, outs = [p[node.input[0]] for p in seen], [p[node.output[0]] for p in seen]
@@ -231,6 +273,14 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
             else:
                 target.append(-1)  # whatever is left
         if target.count(-1) > 1:
+            for i in range(len(target)):
+                found = input_dim([o[i] for o in outs]) if target[i] == -1 else None
+                if found is not None:
+                    target[i] = found
+            if target.count(-1) > 1:
+                continue
+            node.input[1] = shape_tensor(target)
+            folded += 1
             continue
         name = f"{node.output[0]}/folded_shape"
         graph_model.graph.initializer.append(numpy_helper.from_array(np.array(target, dtype=np.int64), name))
@@ -239,7 +289,7 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
     # Drop what no output needs any more (the shape arithmetic).
     needed = {o.name for o in graph_model.graph.output}
     kept = []
-    for node in reversed(list(graph_model.graph.node)):
+    for node in reversed([*prologue, *graph_model.graph.node]):
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(node.input)
