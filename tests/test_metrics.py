@@ -92,6 +92,13 @@ def test_image_match_compares_cropped_ink():
     assert not image_match("x + 1", "x - 1", render)
     assert not image_match("BAD", "BAD", render)  # a formula TeX rejects never matches
     assert image_matches(["a", "b", "a b"], ["a", "a", "a b"], render) == [True, False, True]
+    asked = []
+    assert image_matches(["a", "b", "BAD"], ["a", "a", "BAD"], lambda f: asked.extend(f) or render(f)) == [
+        True,
+        False,
+        False,
+    ]
+    assert sorted(asked) == ["BAD", "a", "b"]  # each distinct formula rendered once
 
 
 def test_image_match_with_tex(tex_available):

@@ -139,17 +139,20 @@ def image_matches(
     """Per pair: do prediction and reference render to the same pixels? A formula TeX rejects never matches.
 
     ``renderer`` maps LaTeX strings to grey images (default ``texlens.data.render.render_many_pixels``);
-    both lists are rendered in one call because starting TeX costs more than a formula.
+    both lists are rendered in one call because starting TeX costs more than a formula, and each distinct string
+    once (a prediction equal to its reference, the common case, costs one rendering, not two).
     """
     _check_lengths(preds, refs)
     if not preds:
         return []
     render = renderer or _default_renderer
-    images = render([*preds, *refs])
-    if len(images) != 2 * len(preds):
-        raise ValueError(f"renderer returned {len(images)} images for {2 * len(preds)} formulas")
+    unique = list(dict.fromkeys([*preds, *refs]))
+    rendered = render(unique)
+    if len(rendered) != len(unique):
+        raise ValueError(f"renderer returned {len(rendered)} images for {len(unique)} formulas")
+    by_latex = dict(zip(unique, rendered, strict=True))
     out = []
-    for pred_img, ref_img in zip(images[: len(preds)], images[len(preds) :], strict=True):
+    for pred_img, ref_img in zip((by_latex[p] for p in preds), (by_latex[r] for r in refs), strict=True):
         if pred_img is None or ref_img is None:
             out.append(False)
         else:
