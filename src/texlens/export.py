@@ -219,9 +219,8 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
     names = [o.name for o in session.get_outputs()]
     seen = [dict(zip(names, (np.shape(x) for x in session.run(None, f)), strict=True)) for f in probes]
     graph_inputs = [i.name for i in graph_model.graph.input if i.name in probes[0]]
-    shared: dict[
-        Any, str
-    ] = {}  # (input, dim) -> its Shape node's output; target pattern -> its Concat's output
+    # (input, dim) -> its Shape node's output; a target pattern -> its Concat's output.
+    shared: dict[Any, str] = {}
     prologue: list[Any] = []  # nodes for those, placed first (they read graph inputs and constants only)
 
     def input_dim(sizes: list[int]) -> tuple[str, int] | None:
@@ -273,9 +272,9 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
             else:
                 target.append(-1)  # whatever is left
         if target.count(-1) > 1:
-            for i in range(len(target)):
+            for i in range(len(target)):  # from the left, until one size is left to -1
                 found = input_dim([o[i] for o in outs]) if target[i] == -1 else None
-                if found is not None:
+                if found is not None and target.count(-1) > 1:
                     target[i] = found
             if target.count(-1) > 1:
                 continue
