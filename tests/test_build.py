@@ -79,6 +79,7 @@ def test_only_writes_the_named_sets(shared_data: Path, tex_available: bool, tmp_
     [
         (["--only", "train_fontz"], "unknown set(s) ['train_fontz']"),
         (["--more-fonts", "helvet,euler"], "held-out font 'euler' must not be a training font"),
+        (["--more-fonts", "avant,helvet"], "['avant'] are held out from training (UNSEEN_FONTS)"),
     ],
 )
 def test_bad_build_options_are_refused_before_any_work(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
-from texlens.data.render import MORE_FONTS, render_formulas
+from texlens.data.render import MORE_FONTS, UNSEEN_FONTS, render_formulas
 from texlens.data.synth import synthesize
 from texlens.latex import to_latex
 
@@ -112,6 +112,9 @@ def build_datasets(
         raise ValueError(f"unknown set(s) {sorted(unknown)}; choose from {', '.join(SETS)}")
     if val_font in more_fonts or val_font in fonts:
         raise ValueError(f"the held-out font {val_font!r} must not be a training font")
+    unseen = sorted(set(UNSEEN_FONTS) & {*more_fonts, *fonts})
+    if unseen:
+        raise ValueError(f"{unseen} are held out from training (UNSEEN_FONTS); choose other training fonts")
 
     def wanted(name: str) -> bool:
         return only is None or name in only

@@ -33,6 +33,7 @@ from texlens.latex import LatexError, normalize
 __all__ = [
     "FONTS",
     "MORE_FONTS",
+    "UNSEEN_FONTS",
     "RenderError",
     "RenderReport",
     "check_formula",
@@ -59,10 +60,19 @@ FONTS: dict[str, str] = {
     "utopia": "\\usepackage{utopia}\n\\usepackage[italic]{mathastext}",
     "helvet": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
     "\\usepackage[italic]{mathastext}",
+    # Two faces no training set uses, to measure how the model reads shapes it never saw besides Euler
+    # (benchmarks/unseen_fonts.py): URW Gothic (psnfss's avant), a geometric sans-serif, and Helvetica with
+    # upright letters, as sans-serif slides and some textbooks set mathematics.
+    "avant": "\\usepackage{avant}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
+    "\\usepackage[italic]{mathastext}",
+    "helvet_upright": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
+    "\\usepackage{mathastext}",
 }
-# Fonts of the builder's train_fonts set: every font but the classic four of the main sets and Euler, which
-# cn_math validation holds out.
+# Fonts of the builder's train_fonts set: every font but the classic four of the main sets, Euler, which
+# cn_math validation holds out, and UNSEEN_FONTS.
 MORE_FONTS = ("pxfonts", "bookman", "newcent", "charter", "utopia", "helvet")
+# Fonts no training set draws, besides Euler: a check that what is learned carries to other unseen shapes.
+UNSEEN_FONTS = ("avant", "helvet_upright")
 # Fonts whose own package already defines \llbracket and friends (stmaryrd would clash with them).
 _FONTS_WITH_STMARY = frozenset({"txfonts", "pxfonts"})
 
