@@ -1,6 +1,6 @@
 """How the model reads formulas in fonts it was trained on against fonts it never saw.
 
-    python benchmarks/unseen_fonts.py [--model DIR] [--n 300] [--fonts bookman,euler,avant,helvet_upright] [--beam 1]
+    python benchmarks/unseen_fonts.py [--model DIR] [--n 300] [--fonts bookman,euler,avant,helvet-upright] [--beam 1]
 
 The cn_math tuning formulas (validation formulas from number 5,000 on, which no reported figure uses) are rendered
 with TeX in each font at 200 dpi, as `texlens data build` renders cn_math validation in Euler, and read by the

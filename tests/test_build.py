@@ -22,6 +22,7 @@ def built(shared_data: Path, tex_available: bool, tmp_path_factory: pytest.TempP
     out = tmp_path_factory.mktemp("datasets")
     args = ["data", "build", "--shared", str(shared_data), "--out", str(out), "--limit", str(LIMIT)]
     more = ["--more-fonts", "bookman,helvet", "--more-fonts-count", "8"]
+    more += ["--extra-fonts", "sansmath,times-upright", "--extra-fonts-count", "6"]
     result = CliRunner().invoke(app, [*args, "--synth", "10", "--fonts", "cm,times", *more])
     assert result.exit_code == 0, result.output
     return out
@@ -39,13 +40,13 @@ def _fonts(folder: Path) -> set[str]:
 
 
 def test_quick_build_writes_every_set_small(built: Path) -> None:
-    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 6 and len(VAL) == 3
+    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 7 and len(VAL) == 3
     for name in TRAIN + VAL:
         samples, issues = read_dataset(built / name)  # images checked: every label points at a picture
         assert not issues, (name, issues)
         assert samples, name
         # --limit bounds every split (synth makes its own --synth formulas), so a quick build is quick.
-        assert len(samples) <= {"train_synth": 10, "train_fonts": 8}.get(name, LIMIT), name
+        assert len(samples) <= {"train_synth": 10, "train_fonts": 8, "train_fonts2": 6}.get(name, LIMIT), name
 
 
 def test_no_validation_formula_is_trained_on(built: Path) -> None:
@@ -59,6 +60,7 @@ def test_validation_uses_the_held_out_font_and_the_held_back_im2latex_part(built
     train_fonts = _fonts(built / "train_cn_math")
     assert train_fonts <= {"cm", "times"}
     assert _fonts(built / "train_fonts") == {"bookman", "helvet"}
+    assert _fonts(built / "train_fonts2") == {"sansmath", "times-upright"}
     assert all(_bucket(f) in IM2LATEX_HELD_BACK for f in _formulas(built / "val_im2latex"))
     assert not any(_bucket(f) in IM2LATEX_HELD_BACK for f in _formulas(built / "train_im2latex_real"))
     # CROHME keeps its official split: test images only in validation.
@@ -80,6 +82,7 @@ def test_only_writes_the_named_sets(shared_data: Path, tex_available: bool, tmp_
         (["--only", "train_fontz"], "unknown set(s) ['train_fontz']"),
         (["--more-fonts", "helvet,euler"], "held-out font 'euler' must not be a training font"),
         (["--more-fonts", "avant,helvet"], "['avant'] are held out from training (UNSEEN_FONTS)"),
+        (["--extra-fonts", "kerkis,euler"], "held-out font 'euler' must not be a training font"),
     ],
 )
 def test_bad_build_options_are_refused_before_any_work(

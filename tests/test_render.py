@@ -220,6 +220,20 @@ def test_each_font_renders_its_own_glyphs(tmp_path: Path) -> None:
 
 
 @needs_tex
+def test_each_image_of_a_dpi_range_is_its_own_formula_whole(tmp_path: Path) -> None:
+    """With a DPI per formula, every image equals the formula rendered alone at its DPI (dvipng once gave the
+    first page of each DPI's run the box of the page before it: another formula's size, the formula cut)."""
+    formulas = [r"a", r"\frac{x^{2}+1}{y}", r"f(x)=e^{2}\cos x-x", r"S=S+i", r"\sum_{k=1}^{n}k", r"[10,20)"]
+    formulas += [r"\sqrt{2}", r"a_{1}a_{2}a_{3}a_{4}", r"\alpha+\beta=\gamma", r"x\in\mathbf{R}"]
+    report = render_formulas(formulas, tmp_path, dpi=(100, 130), seed=3, progress=False)
+    assert not report.failures and len({dpi for *_, dpi in report.rendered}) > 3
+    for rel, index, font, dpi in report.rendered:
+        image = cv2.imread(str(tmp_path / rel), cv2.IMREAD_GRAYSCALE)
+        alone = render_pixels(formulas[index], font=font, dpi=dpi)
+        assert image.shape == alone.shape and np.array_equal(image, alone), (formulas[index], dpi)
+
+
+@needs_tex
 def test_rerun_is_deterministic_and_dpi_range_is_seeded(tmp_path: Path) -> None:
     formulas = [r"x^{2}", r"\frac{a}{b}", r"\alpha+\beta", r"\sqrt{2}", r"a \neq b", r"\pi r^{2}"]
     runs = [

@@ -272,13 +272,17 @@ def data_build(
         str | None, typer.Option(help="Fonts of train_fonts (default: texlens.data.render.MORE_FONTS).")
     ] = None,
     more_fonts_count: Annotated[int, typer.Option(help="Formulas train_fonts renders.")] = 24000,
+    extra_fonts: Annotated[
+        str | None, typer.Option(help="Fonts of train_fonts2 (default: texlens.data.render.EXTRA_FONTS).")
+    ] = None,
+    extra_fonts_count: Annotated[int, typer.Option(help="Formulas train_fonts2 renders.")] = 20000,
     only: Annotated[
         str | None, typer.Option(help="Comma list of the sets to write, e.g. train_fonts (default: all).")
     ] = None,
 ) -> None:
     """Build the training and validation sets from ../shared/data (rendered, real and handwritten)."""
     from texlens.data.build import build_datasets
-    from texlens.data.render import MORE_FONTS
+    from texlens.data.render import EXTRA_FONTS, MORE_FONTS
 
     try:
         report = build_datasets(
@@ -291,6 +295,8 @@ def data_build(
             synth=synth,
             more_fonts=more_fonts.split(",") if more_fonts else MORE_FONTS,
             more_fonts_count=more_fonts_count,
+            extra_fonts=extra_fonts.split(",") if extra_fonts else EXTRA_FONTS,
+            extra_fonts_count=extra_fonts_count,
             only=set(only.split(",")) if only else None,
         )
     except ValueError as e:

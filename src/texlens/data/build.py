@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
-from texlens.data.render import MORE_FONTS, UNSEEN_FONTS, render_formulas
+from texlens.data.render import EXTRA_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
 from texlens.data.synth import synthesize
 from texlens.latex import to_latex
 
@@ -25,6 +25,7 @@ SETS = (
     "train_synth",
     "train_im2latex_render",
     "train_fonts",
+    "train_fonts2",
     "train_im2latex_real",
     "train_crohme",
     "val_cn_math",
@@ -98,21 +99,24 @@ def build_datasets(
     synth: int = 30000,
     more_fonts: list[str] | tuple[str, ...] = MORE_FONTS,
     more_fonts_count: int = 24000,
+    extra_fonts: list[str] | tuple[str, ...] = EXTRA_FONTS,
+    extra_fonts_count: int = 20000,
     only: set[str] | frozenset[str] | None = None,
 ) -> BuildReport:
     """Write every training and validation set under ``out`` (folder format) and report their sizes.
 
     ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX training formulas (a seeded sample)
-    in ``more_fonts``, shapes the other sets never show. ``only`` names the sets to write (None: all of them).
+    in ``more_fonts``, shapes the other sets never show; ``train_fonts2`` another sample of ``extra_fonts_count``
+    in ``extra_fonts``. ``only`` names the sets to write (None: all of them).
     """
     shared, out = Path(shared), Path(out)
     report = BuildReport()
     unknown = set(only or ()) - set(SETS)
     if unknown:
         raise ValueError(f"unknown set(s) {sorted(unknown)}; choose from {', '.join(SETS)}")
-    if val_font in more_fonts or val_font in fonts:
+    if val_font in {*more_fonts, *fonts, *extra_fonts}:
         raise ValueError(f"the held-out font {val_font!r} must not be a training font")
-    unseen = sorted(set(UNSEEN_FONTS) & {*more_fonts, *fonts})
+    unseen = sorted(set(UNSEEN_FONTS) & {*more_fonts, *fonts, *extra_fonts})
     if unseen:
         raise ValueError(f"{unseen} are held out from training (UNSEEN_FONTS); choose other training fonts")
 
@@ -169,6 +173,11 @@ def build_datasets(
             random.Random(seed + 3).sample(printed, min(more_fonts_count, len(printed))),
             more_fonts,
             seed + 3,
+        ),
+        "train_fonts2": lambda: (
+            random.Random(seed + 4).sample(printed, min(extra_fonts_count, len(printed))),
+            extra_fonts,
+            seed + 4,
         ),
     }
     for name, make in rendered.items():

@@ -32,6 +32,7 @@ from texlens.latex import LatexError, normalize
 
 __all__ = [
     "FONTS",
+    "EXTRA_FONTS",
     "MORE_FONTS",
     "UNSEEN_FONTS",
     "RenderError",
@@ -60,19 +61,31 @@ FONTS: dict[str, str] = {
     "utopia": "\\usepackage{utopia}\n\\usepackage[italic]{mathastext}",
     "helvet": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
     "\\usepackage[italic]{mathastext}",
+    # More faces for training (the builder's train_fonts2): Computer Modern Sans math (sansmath, the look of
+    # slides), Courier as a typewriter face, Kerkis (a Bookman-like face of its own), and Times and Charter with
+    # upright letters, as some textbooks and word processors set mathematics. T1 encoding gives Courier and Kerkis
+    # their own minus sign (in OT1, mathastext finds a brace in its place).
+    "sansmath": "\\usepackage{sansmath}\n\\sansmath\n\\renewcommand{\\familydefault}{\\sfdefault}",
+    "courier": "\\usepackage[T1]{fontenc}\n\\usepackage{courier}\n\\renewcommand{\\familydefault}{\\ttdefault}\n"
+    "\\usepackage[italic]{mathastext}",
+    "kerkis": "\\usepackage[T1]{fontenc}\n\\usepackage{kerkis}\n\\usepackage[italic]{mathastext}",
+    "times-upright": "\\usepackage{mathptmx}\n\\usepackage{mathastext}",
+    "charter-upright": "\\usepackage{charter}\n\\usepackage{mathastext}",
     # Two faces no training set uses, to measure how the model reads shapes it never saw besides Euler
     # (benchmarks/unseen_fonts.py): URW Gothic (psnfss's avant), a geometric sans-serif, and Helvetica with
     # upright letters, as sans-serif slides and some textbooks set mathematics.
     "avant": "\\usepackage{avant}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
     "\\usepackage[italic]{mathastext}",
-    "helvet_upright": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
+    "helvet-upright": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
     "\\usepackage{mathastext}",
 }
 # Fonts of the builder's train_fonts set: every font but the classic four of the main sets, Euler, which
 # cn_math validation holds out, and UNSEEN_FONTS.
 MORE_FONTS = ("pxfonts", "bookman", "newcent", "charter", "utopia", "helvet")
+# Fonts of the builder's train_fonts2 set, added after stage 17 (train_fonts stays as the stages before it had it).
+EXTRA_FONTS = ("sansmath", "courier", "kerkis", "times-upright", "charter-upright")
 # Fonts no training set draws, besides Euler: a check that what is learned carries to other unseen shapes.
-UNSEEN_FONTS = ("avant", "helvet_upright")
+UNSEEN_FONTS = ("avant", "helvet-upright")
 # Fonts whose own package already defines \llbracket and friends (stmaryrd would clash with them).
 _FONTS_WITH_STMARY = frozenset({"txfonts", "pxfonts"})
 
@@ -395,6 +408,10 @@ def _rasterize(
         while end + 1 < len(group) and group[end + 1].dpi == dpi:
             end += 1
         pattern = workdir / f"{name}_{dpi}_%d.png"
+        # dvipng 1.15 gives the first page of a range that starts after page 1 the size of the page before it
+        # (tightpage's box of that page): a formula cut to another one's box. Starting the range one page early
+        # and dropping that page gives every wanted page its own box.
+        first = start if start == 0 else start - 1
         cmd = [
             "dvipng",
             "-q",
@@ -410,7 +427,7 @@ def _rasterize(
             "-fg",
             "Black",
             "-pp",
-            f"{start + 1}-{end + 1}",
+            f"{first + 1}-{end + 1}",
             "-o",
             str(pattern),
             dvi.name,
