@@ -20,12 +20,12 @@ from _shared import tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
-from texlens.data.render import MORE_FONTS, UNSEEN_FONTS, render_formulas
+from texlens.data.render import EXTRA_FONTS, MAIN_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
 from texlens.evaluate import evaluate
 from texlens.latex import to_latex
 from texlens.predictor import Predictor
 
-TRAINING_FONTS = ("cm", "times", "palatino", "txfonts", *MORE_FONTS)
+TRAINING_FONTS = (*MAIN_FONTS, *MORE_FONTS, *EXTRA_FONTS)
 
 
 def main() -> None:

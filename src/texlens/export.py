@@ -276,14 +276,16 @@ def fold_reshapes(path: Path, probes: list[dict[str, np.ndarray]]) -> int:
                 found = input_dim([o[i] for o in outs]) if target[i] == -1 else None
                 if found is not None and target.count(-1) > 1:
                     target[i] = found
-            if target.count(-1) > 1:
-                continue
-            node.input[1] = shape_tensor(target)
-            folded += 1
+        if target.count(-1) > 1:
             continue
-        name = f"{node.output[0]}/folded_shape"
-        graph_model.graph.initializer.append(numpy_helper.from_array(np.array(target, dtype=np.int64), name))
-        node.input[1] = name
+        if any(isinstance(part, tuple) for part in target):
+            node.input[1] = shape_tensor(target)
+        else:
+            name = f"{node.output[0]}/folded_shape"
+            graph_model.graph.initializer.append(
+                numpy_helper.from_array(np.array(target, dtype=np.int64), name)
+            )
+            node.input[1] = name
         folded += 1
     # Drop what no output needs any more (the shape arithmetic).
     needed = {o.name for o in graph_model.graph.output}

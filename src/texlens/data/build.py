@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
-from texlens.data.render import EXTRA_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
+from texlens.data.render import EXTRA_FONTS, MAIN_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
 from texlens.data.synth import synthesize
 from texlens.latex import to_latex
 
@@ -90,7 +90,7 @@ def build_datasets(
     shared: Path,
     out: Path,
     *,
-    fonts: list[str] | tuple[str, ...] = ("cm", "times", "palatino", "txfonts"),
+    fonts: list[str] | tuple[str, ...] = MAIN_FONTS,
     val_font: str = "euler",
     limit: int | None = None,
     jobs: int = 2,

@@ -33,6 +33,7 @@ from texlens.latex import LatexError, normalize
 __all__ = [
     "FONTS",
     "EXTRA_FONTS",
+    "MAIN_FONTS",
     "MORE_FONTS",
     "UNSEEN_FONTS",
     "RenderError",
@@ -79,6 +80,8 @@ FONTS: dict[str, str] = {
     "helvet-upright": "\\usepackage[scaled]{helvet}\n\\renewcommand{\\familydefault}{\\sfdefault}\n"
     "\\usepackage{mathastext}",
 }
+# Fonts of the builder's main rendered sets (train_cn_math, train_synth, train_im2latex_render).
+MAIN_FONTS = ("cm", "times", "palatino", "txfonts")
 # Fonts of the builder's train_fonts set: every font but the classic four of the main sets, Euler, which
 # cn_math validation holds out, and UNSEEN_FONTS.
 MORE_FONTS = ("pxfonts", "bookman", "newcent", "charter", "utopia", "helvet")
