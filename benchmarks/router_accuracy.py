@@ -1,6 +1,6 @@
 """How often a model's handwriting router is right, on the validation sets, and what it costs per image.
 
-    python benchmarks/router_accuracy.py [--model DIR] [--n 1000] [--tails]
+    python benchmarks/router_accuracy.py [--model DIR] [--n 1000] [--tails [--config configs/router.yaml]]
 
 The router (``texlens.models.router``, trained by ``texlens train --config configs/router.yaml``) never saw
 these sets: the cn_math set is in a font no training image uses (Euler), IM2LATEX is the held-back part, and
@@ -29,13 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 SETS = (("val_cn_math", False, 0), ("val_im2latex", False, 0), ("val_crohme", True, 0))
 
 
-def tails() -> list[tuple[str, bool, int]]:
-    """--tails: the held-out tails of the training sets that choose the router's checkpoint (configs/router.yaml's
+def tails(config: str | Path) -> list[tuple[str, bool, int]]:
+    """--tails: the held-out tails of the training sets that choose the router's checkpoint (the router config's
     val), for comparing routers without looking at the sets reported above."""
-    return [
-        (Path(s.path).name, s.handwritten, s.offset)
-        for s in load_config(REPO / "configs" / "router.yaml").val
-    ]
+    return [(Path(s.path).name, s.handwritten, s.offset) for s in load_config(config).val]
 
 
 def main() -> int:
@@ -44,6 +41,11 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO / "datasets"), help="folder of the built validation sets")
     parser.add_argument("--n", type=int, default=1000, help="images per set (the first N)")
     parser.add_argument("--tails", action="store_true", help="the training sets' held-out tails instead")
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "configs" / "router.yaml"),
+        help="router config whose tails --tails reads",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -55,7 +57,7 @@ def main() -> int:
     config = PreprocessConfig(**router.config.preprocess)
     print(f"router of {model_dir}, {args.n} images per set" + (" (held-out tails)" if args.tails else ""))
     print(f"{'set':<20} {'images':>7} {'called handwritten':>19} {'accuracy':>9} {'ms / image':>11}")
-    for name, handwritten, offset in tails() if args.tails else SETS:
+    for name, handwritten, offset in tails(args.config) if args.tails else SETS:
         folder = Path(args.data) / name
         if not folder.exists():
             print(f"{name:<20} missing (build it with `texlens data build`)")

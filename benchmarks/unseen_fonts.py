@@ -4,7 +4,8 @@
 
 The cn_math tuning formulas (validation formulas from number 5,000 on, which no reported figure uses) are rendered
 with TeX in each font at 200 dpi, as `texlens data build` renders cn_math validation in Euler, and read by the
-model. Prints exact match, edit similarity and BLEU-4 per font, and whether a training set draws that font:
+model. Prints exact match, edit similarity, BLEU-4 and the share the router called handwritten (and so read at
+the handwriting scale) per font, and whether a training set draws that font:
 ``bookman`` is one of train_fonts' faces, ``euler`` is held out for the reported cn_math figures, and
 ``texlens.data.render.UNSEEN_FONTS`` are held out from everything, to check that what a change does for Euler
 carries to other shapes. ``--out DIR`` keeps the renderings (default: a temporary folder).
@@ -39,7 +40,15 @@ def main() -> None:
     formulas = [to_latex(s.latex) for s in tuning_split(args.datasets, args.n)["cn_math (euler)"]]
     predictor = Predictor(args.model)
     table = Table(title=f"cn_math tuning formulas ({len(formulas)}) by font, beam {args.beam}")
-    for column in ("font", "in training", "rendered", "exact match", "edit similarity", "BLEU-4"):
+    for column in (
+        "font",
+        "in training",
+        "rendered",
+        "exact match",
+        "edit similarity",
+        "BLEU-4",
+        "called handwritten",
+    ):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
@@ -56,6 +65,7 @@ def main() -> None:
                 f"{m['exact_match']:.1%}",
                 f"{m['edit_similarity']:.3f}",
                 f"{m['bleu4']:.3f}",
+                "-" if m["called_handwritten"] is None else f"{m['called_handwritten']:.1%}",
             )
     Console().print(table)
 

@@ -68,3 +68,14 @@ def test_bundled_model_reads_the_documented_examples() -> None:
     read = dict(zip((p.name for p in EXAMPLES), result.stdout.strip().splitlines(), strict=True))
     wrong = {name: read[name] for name in readings if normalize(read[name]) != normalize(readings[name])}
     assert len(wrong) <= 1, f"misread: {wrong}"
+
+
+def test_eval_reports_the_share_the_router_called_handwritten(tmp_path) -> None:
+    from texlens.evaluate import evaluate
+
+    readings = _documented_readings()
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"{p}\t{readings[p.name]}\n" for p in EXAMPLES), encoding="utf-8")
+    metrics = evaluate(None, tmp_path, beam=1)
+    handwritten = sum(p.name.startswith("handwritten") for p in EXAMPLES)
+    assert metrics["called_handwritten"] == handwritten / len(EXAMPLES)

@@ -48,6 +48,7 @@ def test_evaluate_returns_every_metric_and_a_sorted_error_csv(tiny_model, shared
     metrics = evaluate(predictor, data, limit=12, batch_size=6, errors_csv=errors)
     assert METRIC_KEYS <= set(metrics)
     assert metrics["count"] == 12 and metrics["beam"] == DEFAULT_BEAM
+    assert metrics["called_handwritten"] is None  # no router
     assert 0.0 <= metrics["edit_similarity"] <= 1.0 and metrics["images_per_second"] > 0
     with open(errors, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -132,6 +132,17 @@ def test_every_config_in_the_repo_loads():
         assert cfg.train and cfg.val, path
 
 
+def test_importing_texlens_bounds_onednn_primitive_cache_unless_the_user_set_it():
+    # Each distinct shape keeps a oneDNN primitive; 1024 of them grew a training process by gigabytes.
+    code = "import os, texlens; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "256"
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "64"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "64"
+
+
 def test_schedules():
     cfg = TrainConfig(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)

@@ -261,7 +261,9 @@ def data_contact_sheet(
 def data_build(
     shared: Annotated[Path, typer.Option(help="The shared data folder.")] = Path("../shared/data"),
     out: Annotated[Path, typer.Option(help="Where datasets are written.")] = Path("datasets"),
-    fonts: Annotated[str, typer.Option(help="Training fonts.")] = "cm,times,palatino,txfonts",
+    fonts: Annotated[
+        str | None, typer.Option(help="Training fonts (default: texlens.data.render.MAIN_FONTS).")
+    ] = None,
     val_font: Annotated[str, typer.Option(help="Held-out font for cn_math validation.")] = "euler",
     limit: Annotated[
         int | None, typer.Option(help="Use at most N formulas per split (quick builds).")
@@ -282,13 +284,13 @@ def data_build(
 ) -> None:
     """Build the training and validation sets from ../shared/data (rendered, real and handwritten)."""
     from texlens.data.build import build_datasets
-    from texlens.data.render import EXTRA_FONTS, MORE_FONTS
+    from texlens.data.render import EXTRA_FONTS, MAIN_FONTS, MORE_FONTS
 
     try:
         report = build_datasets(
             shared,
             out,
-            fonts=fonts.split(","),
+            fonts=fonts.split(",") if fonts else MAIN_FONTS,
             val_font=val_font,
             limit=limit,
             jobs=jobs,

@@ -75,6 +75,7 @@ def evaluate(
         "beam": beam,
         **metrics.compute(),
         "unreadable_images": sum(p.error is not None for p in predictions),
+        "called_handwritten": _handwritten_share(predictions),
         "skipped_lines": len(issues),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(samples) / seconds, 2) if seconds > 0 else None,
@@ -83,6 +84,12 @@ def evaluate(
     if errors_csv is not None:
         _write_errors(errors_csv, samples, predictions, preds, refs)
     return result
+
+
+def _handwritten_share(predictions: list) -> float | None:
+    """Share of the read images that the model's router called handwritten (None: no router)."""
+    calls = [p.handwritten for p in predictions if p.error is None and p.handwritten is not None]
+    return sum(calls) / len(calls) if calls else None
 
 
 def _write_errors(path: str | Path, samples: list, predictions: list, preds: list, refs: list) -> None:
@@ -127,6 +134,7 @@ def print_report(metrics: dict[str, Any]) -> None:
         "exprate_1": "ExpRate <= 1 error",
         "exprate_2": "ExpRate <= 2 errors",
         "image_match": "image match",
+        "called_handwritten": "called handwritten (router)",
         "images_per_second": "images / s",
         "seconds": "seconds",
         "unreadable_images": "unreadable images",
