@@ -143,6 +143,23 @@ def test_importing_texlens_bounds_onednn_primitive_cache_unless_the_user_set_it(
     assert run.stdout.strip() == "64"
 
 
+def test_validation_reads_its_images_in_the_training_process(shared_data):
+    # A worker forked per validation copied most of a long run's heap (3.7 GB) and outlived the validation.
+    from texlens.training import FormulaDataModule, _read_spec, build_vocab
+
+    crohme = shared_data / "crohme" / "test_2014_caption.txt"
+    cfg = load_config(
+        None, [f"train=[{{path: '{crohme}', limit: 8}}]", f"val=[{{path: '{crohme}', limit: 8}}]"]
+    )
+    cfg.num_workers = 1
+    samples = [_read_spec(spec) for spec in cfg.train]
+    data = FormulaDataModule(cfg, build_vocab(cfg, samples), samples, [_read_spec(cfg.val[0])])
+    assert data.train_dataloader().num_workers == 1
+    (val,) = data.val_dataloader()
+    assert val.num_workers == 0
+    assert sum(batch.images.shape[0] for batch in val) == 8
+
+
 def test_schedules():
     cfg = TrainConfig(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)

@@ -17,8 +17,8 @@ DEFAULT_BEAM = 3
 # 1024 of them. Formula images come in every size and decoding meets every prefix length, so a training run or a
 # server meets new shapes for hours and grew by gigabytes (a training process reached 18.5 GB and was killed).
 # 256 still holds a training step's primitives: fixed-shape training steps run as fast as with 1024, and 64 cost
-# 13 % (benchmarks/memory.py; docs/RESULTS.md, "Memory"). Read once, at the first primitive, so it is set on import;
-# the variable set beforehand wins.
+# 20 % (benchmarks/memory.py; docs/RESULTS.md, "Training memory"). oneDNN reads it once, at its first primitive,
+# so it is set on import; the variable set beforehand wins.
 ONEDNN_CACHE = 256
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
 

@@ -133,6 +133,8 @@ class RouterDataModule(FormulaDataModule):
     ``FormulaDataModule``'s, with the router's (image, class) samples."""
 
     collate_fn = staticmethod(collate_router)
+    # Thousands of small images per validation from a process of a few hundred MB: workers pay here.
+    val_workers = None
 
     def __init__(
         self,

@@ -376,6 +376,10 @@ class FormulaDataModule(pl.LightningDataModule):
     """Training mix (weighted, size-bucketed) and one validation loader per validation dataset."""
 
     collate_fn = staticmethod(collate)  # pad id 0 = Vocab.pad_id
+    # Validation loads its images in the training process: a worker forked for it copied most of the process's
+    # heap (Python touches every object it walks; 3.7 GB private memory at stage 18) and Lightning keeps the
+    # last one alive between validations, while the few hundred images it reads cost seconds next to decoding.
+    val_workers: int | None = 0  # None: cfg.num_workers
 
     def __init__(
         self, cfg: TrainConfig, vocab: Vocab, train_samples: list[list[Any]], val_samples: list[list[Any]]
@@ -393,8 +397,10 @@ class FormulaDataModule(pl.LightningDataModule):
         self.val_names = [_spec_name(s) for s in cfg.val]
         self._train_sizes: list[tuple[int, int]] | None = None
 
-    def _loader(self, dataset: Any, sampler: BucketBatchSampler, persistent: bool) -> DataLoader:
-        workers = self.cfg.num_workers
+    def _loader(
+        self, dataset: Any, sampler: BucketBatchSampler, persistent: bool, workers: int | None = None
+    ) -> DataLoader:
+        workers = self.cfg.num_workers if workers is None else workers
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -438,7 +444,7 @@ class FormulaDataModule(pl.LightningDataModule):
                 num_replicas=replicas,
                 rank=rank,
             )
-            loaders.append(self._loader(ds, sampler, False))
+            loaders.append(self._loader(ds, sampler, False, self.val_workers))
         return loaders
 
 
