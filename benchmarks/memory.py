@@ -36,10 +36,8 @@ def child(batches: int, mode: str, fp32: bool, trim_every: int, mmap_threshold: 
     from texlens.training import _cpu_has_fast_bf16
 
     libc = ctypes.CDLL("libc.so.6")
-    if mmap_threshold:
-        libc.mallopt(
-            -3, mmap_threshold
-        )  # M_MMAP_THRESHOLD: larger blocks are mapped, and unmapped when freed
+    if mmap_threshold:  # M_MMAP_THRESHOLD (-3): larger blocks are mapped, and unmapped when freed
+        libc.mallopt(-3, mmap_threshold)
     torch.manual_seed(0)
     rng = random.Random(0)
     torch.set_num_threads(1)
@@ -106,16 +104,14 @@ def main() -> None:
         f"{'fp32' if args.fp32 else 'bf16 where native'}, "
         f"malloc_trim every {args.trim_every or '-'}, mmap threshold {args.mmap_threshold or 'glibc default'}"
     )
+    command = [sys.executable, __file__, "--child", "--batches", str(args.batches), "--mode", args.mode]
+    command += ["--trim-every", str(args.trim_every), "--mmap-threshold", str(args.mmap_threshold)]
+    command += [flag for flag, on in (("--fixed", args.fixed), ("--fp32", args.fp32)) if on]
     print("| cache capacity | RSS after 20 batches (GB) | RSS at the end (GB) | growth (GB) | ms / batch |")
     print("|---|---|---|---|---|")
     for cap in args.caps.split(","):
         env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": cap}
-        command = [sys.executable, __file__, "--child", "--batches", str(args.batches), "--mode", args.mode]
-        command += ["--trim-every", str(args.trim_every), "--mmap-threshold", str(args.mmap_threshold)]
-        command += ["--fixed"] if args.fixed else []
-        out = subprocess.run(
-            command + (["--fp32"] if args.fp32 else []), env=env, capture_output=True, text=True, check=True
-        ).stdout.split()
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()
         warm, end, ms = float(out[-3]), float(out[-2]), out[-1]
         print(f"| {cap} | {warm:.2f} | {end:.2f} | {end - warm:+.2f} | {ms} |", flush=True)
 
