@@ -73,12 +73,21 @@ def predict(
         Path | None, typer.Option(help="Write an attention heat map PNG (first image).")
     ] = None,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
+    second_read: Annotated[
+        bool,
+        typer.Option(
+            help="Read an image the model is unsure of again at the other scale (printed / handwriting) and "
+            "keep the surer read; --no-second-read: the router's scale only (faster)."
+        ),
+    ] = True,
 ) -> None:
     """Write the LaTeX of each image, one line per image."""
-    from texlens.predictor import Predictor
+    from texlens.predictor import SECOND_READ_BELOW, Predictor
 
     try:
-        predictor = Predictor(model, backend=backend)
+        predictor = Predictor(
+            model, backend=backend, second_read_below=SECOND_READ_BELOW if second_read else None
+        )
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     sources = _inputs(images)
@@ -119,12 +128,26 @@ def evaluate_cmd(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
+    second_read: Annotated[
+        bool,
+        typer.Option(
+            help="Read an image the model is unsure of again at the other scale (printed / handwriting) and "
+            "keep the surer read; --no-second-read: the router's scale only (faster)."
+        ),
+    ] = True,
 ) -> None:
     """Measure a model on a dataset: BLEU-4, edit similarity, exact match, ExpRate, image match, speed."""
     from texlens.evaluate import evaluate, print_report
 
     metrics = evaluate(
-        model, data, beam=beam, limit=limit, image_match=image_match, errors_csv=errors, backend=backend
+        model,
+        data,
+        beam=beam,
+        limit=limit,
+        image_match=image_match,
+        errors_csv=errors,
+        backend=backend,
+        second_read=second_read,
     )
     if as_json:
         print(json.dumps(metrics, indent=2))

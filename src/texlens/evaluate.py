@@ -15,10 +15,10 @@ from texlens import DEFAULT_BEAM
 from texlens.latex import LatexError, normalize_tokens, to_latex
 from texlens.metrics import MetricSet, edit_similarity, image_matches
 
-__all__ = ["evaluate", "print_report"]
+__all__ = ["canonical_tokens", "evaluate", "print_report"]
 
 
-def _canonical(tokens: list[str]) -> list[str]:
+def canonical_tokens(tokens: list[str]) -> list[str]:
     """Predicted tokens in canonical form (the references are); broken predictions stay as they are."""
     try:
         return normalize_tokens(tokens)
@@ -37,20 +37,23 @@ def evaluate(
     errors_csv: str | Path | None = None,
     backend: str = "torch",
     num_threads: int | None = None,
+    second_read: bool = True,
 ) -> dict[str, Any]:
     """All metrics of ``model`` (a model directory, bundled name, ``None`` = default, or a Predictor) on a dataset.
 
     Returns edit similarity, exact match, BLEU-4, ExpRate (<= 0, 1, 2 token errors), optionally image match
     (TeX renders of prediction and reference compared pixel by pixel), images per second, and counts.
     ``errors_csv`` receives every sample whose prediction differs from the reference, worst first.
+    ``second_read=False`` reads each image at the router's scale only (``Predictor``'s ``second_read_below``).
     """
     from texlens.data.formats import read_dataset
-    from texlens.predictor import Predictor
+    from texlens.predictor import SECOND_READ_BELOW, Predictor
 
     if isinstance(model, Predictor):
         predictor = model
     else:
-        predictor = Predictor(model, backend=backend, num_threads=num_threads)
+        below = SECOND_READ_BELOW if second_read else None
+        predictor = Predictor(model, backend=backend, num_threads=num_threads, second_read_below=below)
     samples, issues = read_dataset(dataset_path)
     if limit is not None:
         samples = samples[:limit]
@@ -62,7 +65,7 @@ def evaluate(
     seconds = time.perf_counter() - start
 
     metrics = MetricSet()
-    preds = [_canonical(p.tokens) if p.error is None else [] for p in predictions]
+    preds = [canonical_tokens(p.tokens) if p.error is None else [] for p in predictions]
     refs = [s.latex.split() for s in samples]
     metrics.update(preds, refs)
     if image_match:

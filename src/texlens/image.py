@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -430,6 +431,11 @@ def _as_grey_array(image: ImageSource) -> np.ndarray:
 
 def preprocess(image: ImageSource, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """Image -> float32 (H, W) in [0, 1], ink = 1: polarity fixed, cropped, glyphs scaled to a standard size, padded."""
+    return preprocess_scales(image, [cfg])[0]
+
+
+def preprocess_scales(image: ImageSource, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
+    """``preprocess`` under each of ``configs`` (e.g. the printed and the handwriting glyph height), the ink found once."""
     info = analyse_ink(_as_grey_array(image))
     stats = info.stats
     x0, y0 = int(stats[:, 0].min()), int(stats[:, 1].min())
@@ -438,8 +444,12 @@ def preprocess(image: ImageSource, cfg: PreprocessConfig = PreprocessConfig()) -
     height, width = info.grey.shape
     x0, y0, x1, y1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, width), min(y1 + 1, height)
     crop = info.grey[y0:y1, x0:x1]
-
     glyph = glyph_height_from_stats(stats)
+    return [_scaled(crop, glyph, info, cfg) for cfg in configs]
+
+
+def _scaled(crop: np.ndarray, glyph: float, info: InkAnalysis, cfg: PreprocessConfig) -> np.ndarray:
+    """The cropped grey content with its glyphs scaled to ``cfg``'s height, ink = 1, on padded blank."""
     scale = cfg.target_glyph_height / max(glyph, 1.0)
     scale = min(scale, cfg.max_upscale)
     pad = max(cfg.pad_multiple, 1)

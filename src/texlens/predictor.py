@@ -23,7 +23,15 @@ import torch
 
 from texlens import DEFAULT_BEAM
 from texlens.decoding import Hypothesis, beam_search, confidence, greedy_decode
-from texlens.image import ImageError, ImageSource, PreprocessConfig, batch_images, load_image, preprocess
+from texlens.image import (
+    ImageError,
+    ImageSource,
+    PreprocessConfig,
+    batch_images,
+    load_image,
+    preprocess,
+    preprocess_scales,
+)
 from texlens.latex import SPECIAL_TOKENS, Vocab, to_latex
 from texlens.models.router import load_router
 
@@ -49,7 +57,7 @@ class Prediction:
     error: str | None = None
     attention: np.ndarray | None = None  # (T, h, w): where each output token looked in the feature map
     image_size: tuple[int, int] | None = None  # (H, W) of the preprocessed image
-    handwritten: bool | None = None  # what the model's router said (None: the model has no router)
+    handwritten: bool | None = None  # read at the handwriting scale? (None: the model has no router)
     pixels: np.ndarray | None = None  # the preprocessed image (ink = 1), kept when attention is asked for
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +116,9 @@ def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
 
 
 LENGTH_PENALTY = 0.5  # beam search's length normalisation (GNMT alpha), chosen by benchmarks/beam_alpha.py
+# A read at the router's scale less sure than this is read again at the other scale, and the surer read is kept
+# (a model with a router and a handwriting glyph height); chosen by benchmarks/second_read.py.
+SECOND_READ_BELOW = 0.88
 
 
 class Predictor:
@@ -116,6 +127,9 @@ class Predictor:
     ``backend``: "torch", "onnx" or "onnx-int8" (a model directory is exported to ONNX on first use and cached);
     ``num_threads`` sets torch's (process-wide) and onnxruntime's thread count; ``length_penalty`` is beam
     search's GNMT alpha (``texlens.decoding.beam_search``; see benchmarks/beam_alpha.py for how it was chosen).
+    A model with a router reads each image at the scale the router picks (printed or handwriting glyph height);
+    a read whose confidence is below ``second_read_below`` is repeated at the other scale and the more confident
+    one is kept (``None`` or 0: the router's scale only).
     """
 
     def __init__(
@@ -125,6 +139,7 @@ class Predictor:
         num_threads: int | None = None,
         max_len: int = 256,
         length_penalty: float | str = LENGTH_PENALTY,
+        second_read_below: float | None = SECOND_READ_BELOW,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -133,6 +148,7 @@ class Predictor:
         self.backend = backend
         self.max_len = max_len
         self.length_penalty = length_penalty
+        self.second_read_below = second_read_below or 0.0
         self.model_dir = resolve_model_dir(model)
         if backend == "torch":
             from texlens.models import load_model
@@ -201,36 +217,57 @@ class Predictor:
             yield from self._predict_window(window, beam, attention, batch_size)
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
-        """The model's view of an image: float32 (H, W), ink = 1 (raises ImageError)."""
-        return self._prepare(load_image(source))[0]
+        """The model's view of an image at the router's scale: float32 (H, W), ink = 1 (raises ImageError)."""
+        return self.views(source)[0][0]
 
-    def _prepare(self, image: Any) -> tuple[np.ndarray, bool | None]:
-        """The model's view of a loaded image, and whether the router called it handwritten (None: no router).
+    def views(self, source: ImageSource) -> tuple[list[np.ndarray], bool | None]:
+        """Every view the model may read of an image, the router's scale first, and whether the router called it
+        handwritten (None: no router); raises ImageError."""
+        return self._views(load_image(source))
 
-        Every image is preprocessed at the printed scale first; one the router calls handwritten is preprocessed
-        again at the model's handwriting glyph height, if it has one.
+    def decode(
+        self, arrays: Sequence[np.ndarray], beam: int = DEFAULT_BEAM, batch_size: int = 16
+    ) -> list[Prediction]:
+        """Read preprocessed (H, W) arrays (ink = 1) as they are: no routing, no second read."""
+        results = [Prediction(image=None, image_size=(a.shape[0], a.shape[1])) for a in arrays]
+        self._decode_sorted(results, list(arrays), beam, False, max(1, batch_size))
+        return results
+
+    def _views(self, image: Any) -> tuple[list[np.ndarray], bool | None]:
+        """The model's views of a loaded image, the router's scale first, and whether the router called it
+        handwritten (None: no router).
+
+        With a router and a handwriting glyph height there are two views, printed and handwriting scale, unless
+        second reads are off; the router reads the printed one (or its own preprocessing, if it differs).
         """
-        pixels = preprocess(image, self.preprocess_config)
+        cfg = self.preprocess_config
         if self.router is None:
-            return pixels, None
-        view = pixels if self.router_preprocess is None else preprocess(image, self.router_preprocess)
+            return [preprocess(image, cfg)], None
+        if cfg.handwriting_glyph_height is None:
+            printed, handwriting = preprocess(image, cfg), None
+        else:
+            printed, handwriting = preprocess_scales(image, [cfg, cfg.for_handwriting()])
+        view = printed if self.router_preprocess is None else preprocess(image, self.router_preprocess)
         handwritten = self.router.is_handwritten(view)
-        if handwritten and self.preprocess_config.handwriting_glyph_height is not None:
-            pixels = preprocess(image, self.preprocess_config.for_handwriting())
-        return pixels, handwritten
+        if handwriting is None:
+            return [printed], handwritten
+        views = [handwriting, printed] if handwritten else [printed, handwriting]
+        return views if self.second_read_below > 0 else views[:1], handwritten
 
     # --- internals --------------------------------------------------------------------------------------------
     def _predict_window(
         self, sources: list[ImageSource], beam: int, attention: bool, batch_size: int
     ) -> list[Prediction]:
-        """Preprocess every image once, decode them in batches of similar width, return them in input order."""
+        """Preprocess every image once, decode them in batches of similar width, read the unsure ones again at
+        the other scale, return them in input order."""
         results: list[Prediction] = []
         ready: list[tuple[int, np.ndarray]] = []
+        others: dict[int, np.ndarray] = {}  # the other scale's view, for a second read
         for i, source in enumerate(sources):
             name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", None)
             start = time.perf_counter()
             try:
-                pixels, handwritten = self._prepare(load_image(source))
+                views, handwritten = self._views(load_image(source))
             except ImageError as exc:
                 message = str(exc)
                 if name and message.startswith(f"{name}: "):  # the path is in the "image" field already
@@ -238,18 +275,46 @@ class Predictor:
                 results.append(Prediction(image=name, error=message))
                 continue
             ms = (time.perf_counter() - start) * 1000
+            pixels = views[0]
+            if len(views) > 1:
+                others[len(results)] = views[1]
             results.append(
                 Prediction(
                     image=name, ms=ms, image_size=(pixels.shape[0], pixels.shape[1]), handwritten=handwritten
                 )
             )
             ready.append((i, pixels))
-        # Similar widths together: less padding, so less encoder work and cleaner attention.
-        ready.sort(key=lambda item: (item[1].shape[1], item[1].shape[0]))
-        for first in range(0, len(ready), batch_size):
-            chunk = ready[first : first + batch_size]
-            self._decode_batch([results[i] for i, _ in chunk], [p for _, p in chunk], beam, attention)
+        self._decode_sorted(
+            [results[i] for i, _ in ready], [p for _, p in ready], beam, attention, batch_size
+        )
+        unsure = [i for i in others if results[i].confidence < self.second_read_below]
+        if unsure:
+            seconds = [
+                Prediction(
+                    image=results[i].image,
+                    ms=results[i].ms,
+                    image_size=(others[i].shape[0], others[i].shape[1]),
+                    handwritten=not results[i].handwritten,
+                )
+                for i in unsure
+            ]
+            self._decode_sorted(seconds, [others[i] for i in unsure], beam, attention, batch_size)
+            for i, second in zip(unsure, seconds, strict=True):
+                if second.confidence > results[i].confidence:
+                    results[i] = second
+                else:
+                    results[i].ms = second.ms
         return results
+
+    def _decode_sorted(
+        self, results: list[Prediction], arrays: list[np.ndarray], beam: int, attention: bool, batch_size: int
+    ) -> None:
+        """Decode images in batches of similar width and fill in their Predictions."""
+        # Similar widths together: less padding, so less encoder work and cleaner attention.
+        order = sorted(range(len(arrays)), key=lambda k: (arrays[k].shape[1], arrays[k].shape[0]))
+        for first in range(0, len(order), batch_size):
+            chunk = order[first : first + batch_size]
+            self._decode_batch([results[k] for k in chunk], [arrays[k] for k in chunk], beam, attention)
 
     def _decode_batch(
         self, results: list[Prediction], arrays: list[np.ndarray], beam: int, attention: bool
