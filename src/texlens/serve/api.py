@@ -279,7 +279,7 @@ def bundled_models() -> list[dict[str, str]]:
 
 def prediction_json(prediction: Any) -> dict[str, Any]:
     """A Prediction as the API's JSON: latex, confidence, ms, tokens, token_confidences, alternatives, and
-    handwritten (what the model's router said; null for a model without one)."""
+    handwritten (whether the kept read was at the handwriting scale; null for a model without a router)."""
     if getattr(prediction, "error", None):
         return {"error": prediction.error, "status": 422}
     return {
