@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from texlens.training import (
     DatasetSpec,
@@ -90,6 +91,43 @@ def test_load_config_types_overrides(tmp_path):
         load_config(TINY, ["val.0.select=false"])
     with pytest.raises(ValueError, match="not key=value"):
         load_config(TINY, ["lr"])
+
+
+def test_a_config_extends_another_and_changes_some_keys(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "stage1.yaml").write_text(
+        "lr: 1.0e-3\nmax_steps: 100\nseed: 1\npreprocess: {target_glyph_height: 9.4, handwriting_glyph_height: 14}\n"
+        "train: [a, {path: b, weight: 2}]\nmodel_options: {d_model: 64, n_layers: 2}\n"
+    )
+    (tmp_path / "stage2.yaml").write_text(
+        "extends: base/stage1.yaml\nseed: 2\npreprocess: {handwriting_glyph_height: 16}\ntrain: [c]\n"
+    )
+    (tmp_path / "stage3.yaml").write_text(
+        "extends: stage2.yaml\nmax_steps: 300\nmodel_options: {d_model: 96}\n"
+    )
+    cfg = load_config(tmp_path / "stage3.yaml", ["lr=2e-4"])
+    assert (cfg.lr, cfg.max_steps, cfg.seed) == (2e-4, 300, 2)
+    assert cfg.preprocess == {"target_glyph_height": 9.4, "handwriting_glyph_height": 16}  # merged key by key
+    assert cfg.model_options == {"d_model": 96, "n_layers": 2}
+    assert cfg.train == [DatasetSpec("c")]  # a list replaces the parent's
+    # What it resolves to is the same as writing every key out.
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
+    assert load_config(flat) == cfg
+
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\nseed: 3\n")
+    with pytest.raises(ValueError, match="extends it back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml: no such training config .extended by"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "odd.yaml").write_text("extends: [a.yaml, b.yaml]\n")
+    with pytest.raises(ValueError, match="extends takes one config file"):
+        load_config(tmp_path / "odd.yaml")
+    (tmp_path / "typo.yaml").write_text("extends: stage2.yaml\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(tmp_path / "typo.yaml")
 
 
 def test_each_training_set_can_have_its_own_augmentation_strength():

@@ -181,19 +181,48 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
 
     ``lr=3e-4``, ``model_options.d_model=128``, ``train.0.weight=2``,
     ``train=[{path: datasets/train_printed, weight: 1}]`` all work; unknown keys are errors.
+    A config with ``extends: other.yaml`` (a path relative to its own folder) is that config with these keys
+    changed: a mapping (``preprocess``, ``model_options``) is merged key by key, anything else (a list of sets
+    too) replaces the parent's value.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a training config is a YAML mapping of keys to values")
-        raw = loaded or {}
+    raw = _read_config_file(Path(path)) if path is not None else {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
         _set_dotted(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else None)
     return _build(TrainConfig, raw, "config")
+
+
+def _read_config_file(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a mapping, its ``extends:`` chain resolved (see ``load_config``)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such training config" + (f" (extended by {children[-1]})" if children else "")
+        )
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a training config is a YAML mapping of keys to values")
+    raw = dict(loaded or {})
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"{path}: extends takes one config file, got {parent!r}")
+    chain = (*children, path.resolve())
+    base_path = path.parent / parent
+    if base_path.resolve() in chain:
+        raise ValueError(f"{path}: extends {parent}, which extends it back: " + " -> ".join(map(str, chain)))
+    return _merged(_read_config_file(base_path, chain), raw)
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes``: mappings merged key by key, every other value replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
 
 
 def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
