@@ -5,7 +5,9 @@
 For torch, onnx and onnx-int8 with 1 and 2 threads it prints the median and p90 latency of one image at a
 time (load + preprocess + decode, as `texlens predict` does it), the throughput in batches of 16, the mean
 number of output tokens, and how often the tokens equal those of the torch backend; then which backend wins.
-``--beam`` is the beam width (default: texlens's default decoding, ``texlens.DEFAULT_BEAM``; 1 = greedy).
+``--beam`` is the beam width (default: texlens's default decoding, ``texlens.DEFAULT_BEAM``; 1 = greedy);
+``--no-second-read`` reads each image at its router's scale only (by default an unsure read is read again at the
+other scale, as ``texlens predict`` does).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rich.table import Table
 
 from texlens import DEFAULT_BEAM
 from texlens.export import export_onnx
-from texlens.predictor import Predictor, resolve_model_dir
+from texlens.predictor import SECOND_READ_BELOW, Predictor, resolve_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -79,7 +81,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch size for the throughput column")
     parser.add_argument("--max-len", type=int, default=256, help="longest output, in tokens")
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="beam width; 1 = greedy")
+    parser.add_argument(
+        "--no-second-read",
+        action="store_true",
+        help="the router's scale only (texlens predict --no-second-read)",
+    )
     args = parser.parse_args()
+    second_read_below = None if args.no_second_read else SECOND_READ_BELOW
     console = Console(width=None if sys.stdout.isatty() else 120)  # no wrapped columns in logs
 
     model_dir = resolve_model_dir(args.model)
@@ -89,6 +97,7 @@ def main() -> None:
         with console.status("exporting to ONNX (float and int8)"):
             export_onnx(model_dir, onnx_dir, int8=True)
         decoding = "greedy" if args.beam == 1 else f"beam {args.beam}"
+        decoding += ", no second reads" if args.no_second_read else ""
         table = Table(
             title=f"texlens inference speed: {len(images)} IM2LATEX-100K val images, {decoding}, {model_dir}"
         )
@@ -101,7 +110,13 @@ def main() -> None:
         for backend in args.backends.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
                 source = model_dir if backend == "torch" else onnx_dir
-                predictor = Predictor(source, backend=backend, num_threads=threads, max_len=args.max_len)
+                predictor = Predictor(
+                    source,
+                    backend=backend,
+                    num_threads=threads,
+                    max_len=args.max_len,
+                    second_read_below=second_read_below,
+                )
                 with console.status(f"{backend}, {threads} thread(s)"):
                     row = measure(predictor, images, args.batch, args.beam)
                 if reference is None:
