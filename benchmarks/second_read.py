@@ -83,7 +83,7 @@ def main() -> None:
     """Read the sets at both scales, print exact match and second-read share per policy."""
     parser = tuning_parser(__doc__)
     parser.add_argument("--beam", type=int, default=3, help="beam width (3 = texlens's default; 1 = greedy)")
-    parser.add_argument("--thresholds", default="0.8,0.85,0.9,0.95")
+    parser.add_argument("--thresholds", default="0.8,0.85,0.88,0.9,0.95")
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
@@ -95,10 +95,11 @@ def main() -> None:
             f"{crohme}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
         )
     table = Table(title=f"exact match (share read twice), beam {args.beam}, {args.n} per set")
-    for column in ("set", "router's scale", "printed", "handwriting", "both, surer kept"):
+    table.add_column("set", no_wrap=True)
+    for column in ("router's scale", "printed", "handwriting", "both, surer kept"):
         table.add_column(column, justify="right")
     for t in thresholds:
-        table.add_column(f"2nd read < {t:g}", justify="right")
+        table.add_column(f"again < {t:g}", justify="right", no_wrap=True)
     with tempfile.TemporaryDirectory() as tmp:
         sets = dict(split)
         formulas = [to_latex(s.latex) for s in split["cn_math (euler)"]]
@@ -110,14 +111,19 @@ def main() -> None:
             if not report.rendered:
                 sys.exit(f"{font}: nothing rendered ({report.summary()})")
         sets["CROHME 2014 train (seen)"] = read_dataset(crohme)[0][: args.n]
+        every = []
         for name, samples in sets.items():
             rows = policies(read_both(predictor, samples, args.beam), thresholds)
-            table.add_row(
-                name,
-                *(f"{ok:.1%}" + (f" ({twice:.0%})" if k >= 3 else "") for k, (ok, twice) in enumerate(rows)),
-            )
+            every.append(rows)
+            table.add_row(name, *cells(rows))
             print(name, "done", file=sys.stderr)
-    Console().print(table)
+    table.add_row("mean of the sets", *cells(np.mean(np.array(every), axis=0)), style="bold")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def cells(rows) -> list[str]:
+    """Table cells: exact match, and for the policies that read twice, how often."""
+    return [f"{ok:.1%}" + (f" ({twice:.0%})" if k >= 3 else "") for k, (ok, twice) in enumerate(rows)]
 
 
 if __name__ == "__main__":
