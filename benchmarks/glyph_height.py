@@ -5,7 +5,7 @@
 Same tuning images as `benchmarks/beam_alpha.py`: IM2LATEX held-back validation images from number 2,000 on and
 cn_math validation images (Euler font) from number 5,000 on (the model card reports the first 1,000 and 2,000).
 Greedy decoding unless ``--beam`` says otherwise (every height so far was chosen greedily); prints exact match,
-edit similarity and BLEU-4 for each height. A model reads at the height in its ``config.json``
+edit similarity and BLEU-4 for each height, with second reads off (the router's scale only). A model reads at the height in its ``config.json``
 (``"preprocess": {"target_glyph_height": H}``), else at ``PreprocessConfig``'s default.
 """
 
@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
-    predictor = Predictor(resolve_model_dir(args.model))
+    # The router's scale only: a second read at the handwriting scale would blur what the printed height does.
+    predictor = Predictor(resolve_model_dir(args.model), second_read_below=None)
     model_height = predictor.preprocess_config.target_glyph_height
     heights = [float(h) for h in args.heights.split(",")]
     table = Table(

@@ -90,7 +90,8 @@ def evaluate(
 
 
 def _handwritten_share(predictions: list) -> float | None:
-    """Share of the read images that the model's router called handwritten (None: no router)."""
+    """Share of the read images read at the handwriting scale: the router's call, or a surer second read (None: no
+    router)."""
     calls = [p.handwritten for p in predictions if p.error is None and p.handwritten is not None]
     return sum(calls) / len(calls) if calls else None
 
@@ -137,7 +138,7 @@ def print_report(metrics: dict[str, Any]) -> None:
         "exprate_1": "ExpRate <= 1 error",
         "exprate_2": "ExpRate <= 2 errors",
         "image_match": "image match",
-        "called_handwritten": "called handwritten (router)",
+        "called_handwritten": "read at the handwriting scale",
         "images_per_second": "images / s",
         "seconds": "seconds",
         "unreadable_images": "unreadable images",
