@@ -53,6 +53,16 @@ def _inputs(images: list[Path]) -> list[Any]:
     return sources
 
 
+# predict's and eval's switch for second reads (texlens.predictor.SECOND_READ_BELOW)
+SecondRead = Annotated[
+    bool,
+    typer.Option(
+        help="Read an image the model is unsure of again at the other scale (printed / handwriting) and "
+        "keep the surer read; --no-second-read: the router's scale only (faster)."
+    ),
+]
+
+
 @app.command()
 def predict(
     images: Annotated[
@@ -73,13 +83,7 @@ def predict(
         Path | None, typer.Option(help="Write an attention heat map PNG (first image).")
     ] = None,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
-    second_read: Annotated[
-        bool,
-        typer.Option(
-            help="Read an image the model is unsure of again at the other scale (printed / handwriting) and "
-            "keep the surer read; --no-second-read: the router's scale only (faster)."
-        ),
-    ] = True,
+    second_read: SecondRead = True,
 ) -> None:
     """Write the LaTeX of each image, one line per image."""
     from texlens.predictor import SECOND_READ_BELOW, Predictor
@@ -128,13 +132,7 @@ def evaluate_cmd(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
-    second_read: Annotated[
-        bool,
-        typer.Option(
-            help="Read an image the model is unsure of again at the other scale (printed / handwriting) and "
-            "keep the surer read; --no-second-read: the router's scale only (faster)."
-        ),
-    ] = True,
+    second_read: SecondRead = True,
 ) -> None:
     """Measure a model on a dataset: BLEU-4, edit similarity, exact match, ExpRate, image match, speed."""
     from texlens.evaluate import evaluate, print_report
