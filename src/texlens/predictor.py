@@ -243,16 +243,18 @@ class Predictor:
         cfg = self.preprocess_config
         if self.router is None:
             return [preprocess(image, cfg)], None
-        if cfg.handwriting_glyph_height is None:
-            printed, handwriting = preprocess(image, cfg), None
-        else:
+        both = cfg.handwriting_glyph_height is not None and self.second_read_below > 0
+        if both:
             printed, handwriting = preprocess_scales(image, [cfg, cfg.for_handwriting()])
+        else:
+            printed = preprocess(image, cfg)
         view = printed if self.router_preprocess is None else preprocess(image, self.router_preprocess)
         handwritten = self.router.is_handwritten(view)
-        if handwriting is None:
-            return [printed], handwritten
-        views = [handwriting, printed] if handwritten else [printed, handwriting]
-        return views if self.second_read_below > 0 else views[:1], handwritten
+        if both:
+            return ([handwriting, printed] if handwritten else [printed, handwriting]), handwritten
+        if handwritten and cfg.handwriting_glyph_height is not None:  # one read, at the handwriting scale
+            return [preprocess(image, cfg.for_handwriting())], handwritten
+        return [printed], handwritten
 
     # --- internals --------------------------------------------------------------------------------------------
     def _predict_window(
