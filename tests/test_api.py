@@ -400,6 +400,28 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEXLENS_BATCH_WAIT_MS", "2.5")
     settings = ServeSettings.from_env(queue_size=3)
     assert (settings.max_body_bytes, settings.batch_wait_ms, settings.queue_size) == (1234, 2.5, 3)
+    assert settings.second_read is True
+    for raw, value in (("false", False), ("0", False), ("Off", False), ("yes", True), (" 1 ", True)):
+        monkeypatch.setenv("TEXLENS_SECOND_READ", raw)
+        assert ServeSettings.from_env().second_read is value, raw
+    monkeypatch.setenv("TEXLENS_SECOND_READ", "maybe")
+    with pytest.raises(ValueError, match="TEXLENS_SECOND_READ='maybe' is not a valid bool"):
+        ServeSettings.from_env()
+    monkeypatch.delenv("TEXLENS_SECOND_READ")
     monkeypatch.setenv("TEXLENS_MAX_PIXELS", "lots")
     with pytest.raises(ValueError, match="TEXLENS_MAX_PIXELS"):
         ServeSettings.from_env()
+
+
+@pytest.mark.parametrize("second_read", [True, False])
+def test_the_server_reads_unsure_images_twice_unless_told_not_to(second_read: bool) -> None:
+    from texlens.predictor import SECOND_READ_BELOW
+    from texlens.serve.api import InferenceWorker, ServeSettings
+
+    worker = InferenceWorker(ServeSettings(second_read=second_read))
+    worker.start(timeout=120)
+    try:
+        assert worker.model_info["second_read_below"] == (SECOND_READ_BELOW if second_read else 0.0)
+        assert worker.predictor.second_read_below == worker.model_info["second_read_below"]
+    finally:
+        worker.stop()

@@ -62,6 +62,9 @@ class ServeSettings:
     backend: str = "torch"  # torch, onnx or onnx-int8
     max_tokens: int = 256  # longest LaTeX (in tokens) decoded; bounds the time one image can take
     threads: int = 0  # torch/onnxruntime threads for the model; 0 = their default
+    second_read: bool = (
+        True  # read an unsure image again at the other scale (texlens.predictor.SECOND_READ_BELOW)
+    )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ServeSettings:
@@ -73,11 +76,21 @@ class ServeSettings:
                 continue
             kind = type(f.default) if f.default is not None else str
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _env_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise ValueError(f"TEXLENS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _env_bool(raw: str) -> bool:
+    """An environment variable's yes/no: 1/0, true/false, yes/no, on/off (any case); ValueError otherwise."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,13 +194,17 @@ class InferenceWorker:
         return job.future
 
     def _load(self) -> None:
-        from texlens.predictor import Predictor
+        from texlens.predictor import SECOND_READ_BELOW, Predictor
 
         started = time.perf_counter()
         cfg = self.settings
         threads = cfg.threads if cfg.threads > 0 else None
         self.predictor = Predictor(
-            cfg.model, backend=cfg.backend, num_threads=threads, max_len=cfg.max_tokens
+            cfg.model,
+            backend=cfg.backend,
+            num_threads=threads,
+            max_len=cfg.max_tokens,
+            second_read_below=SECOND_READ_BELOW if cfg.second_read else None,
         )
         self.model_info = describe_predictor(self.predictor, self.settings.model)
         self.model_info["load_s"] = round(time.perf_counter() - started, 3)
@@ -252,7 +269,7 @@ class InferenceWorker:
 def describe_predictor(predictor: Any, requested: str | None) -> dict[str, Any]:
     """What the loaded model is, for /health and /models."""
     info: dict[str, Any] = {"requested": requested or "default"}
-    for attr in ("name", "model_name", "model_dir", "backend", "device"):
+    for attr in ("name", "model_name", "model_dir", "backend", "device", "second_read_below"):
         value = getattr(predictor, attr, None)
         if value is not None and not callable(value):
             info[attr] = str(value) if isinstance(value, Path) else value
