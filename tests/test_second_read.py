@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "src" / "texlens" / "examples").g
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
+def predictor() -> Iterator[Predictor]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield Predictor()

@@ -62,9 +62,8 @@ class ServeSettings:
     backend: str = "torch"  # torch, onnx or onnx-int8
     max_tokens: int = 256  # longest LaTeX (in tokens) decoded; bounds the time one image can take
     threads: int = 0  # torch/onnxruntime threads for the model; 0 = their default
-    second_read: bool = (
-        True  # read an unsure image again at the other scale (texlens.predictor.SECOND_READ_BELOW)
-    )
+    # Read an image the model is unsure of again at the other scale (texlens.predictor.SECOND_READ_BELOW).
+    second_read: bool = True
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ServeSettings:
