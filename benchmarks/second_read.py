@@ -1,15 +1,17 @@
-"""When to read an image a second time at the other scale: the choice of ``texlens.predictor.SECOND_READ_BELOW``.
+"""When to read an image again, and at what: ``texlens.predictor.SECOND_READ_BELOW`` and ``SECOND_READ_ZOOM``.
 
-    python benchmarks/second_read.py [--model DIR] [--n 300] [--beam 3] [--thresholds 0.8,0.85,0.9,0.95]
+    python benchmarks/second_read.py [--model DIR] [--n 300] [--beam 3] [--zoom 1.12] [--thresholds 0.85,0.88,0.92]
 
 A model with a router reads an image at the printed or the handwriting glyph height, as the router calls it. Faces
 the router never saw are often called handwritten (docs/RESULTS.md, "Stage 18"), and a handwriting-scale read of
-print loses a few points. This reads every image at both scales once, then scores each policy from those reads:
-the router's scale alone, one scale for all, both always (the more confident read kept), and a second read only
-when the first one's confidence is below a threshold. Sets: the tuning split (cn_math in Euler from number 5,000,
-IM2LATEX held back from number 2,000), the same cn_math formulas rendered in the faces no training set draws
-(``texlens.data.render.UNSEEN_FONTS``), and handwriting. No handwritten set is both unseen in training and
-unreported (CROHME 2014 test is the reported one), so the first ``--n`` of CROHME 2014 *train* stand in: the
+print loses a few points; and a read at a slightly larger scale is sometimes right where the first was wrong. This
+reads every image once in each of the Predictor's views (the router's scale, the other scale, the router's scale
+zoomed by ``--zoom``), then scores each policy from those reads: one view alone, both scales always (the surer
+kept: the policy before zooming), every view always (the surest kept), and what the Predictor does: the next view
+read while the surest read so far is less sure than a threshold. Sets: the tuning split (cn_math in Euler from
+number 5,000, IM2LATEX held back from number 2,000), the same cn_math formulas rendered in the faces no training
+set draws (``texlens.data.render.UNSEEN_FONTS``), and handwriting. No handwritten set is both unseen in training
+and unreported (CROHME 2014 test is the reported one), so the first ``--n`` of CROHME 2014 *train* stand in: the
 model is surer of them than of new handwriting, so read their row as an upper bound.
 """
 
@@ -24,6 +26,7 @@ from _shared import tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
+import texlens.predictor as predictor_module
 from texlens.data.formats import read_dataset
 from texlens.data.render import UNSEEN_FONTS, render_formulas
 from texlens.evaluate import canonical_tokens
@@ -32,50 +35,64 @@ from texlens.latex import to_latex
 from texlens.predictor import Predictor
 
 
-def read_both(predictor: Predictor, samples: list, beam: int) -> dict[str, np.ndarray]:
-    """Per readable sample: the router's call, and each scale's confidence and exactness."""
+def read_views(predictor: Predictor, samples: list, beam: int) -> dict[str, np.ndarray]:
+    """Per readable sample: the router's call, and each view's confidence and exactness (views in the Predictor's
+    order: the router's scale, the other scale, the router's scale zoomed)."""
     views, calls, refs = [], [], []
     for sample in samples:
         try:
-            both, handwritten = predictor.views(sample.image)
+            every = predictor.views(sample.image)
         except ImageError as exc:
             print(f"skipped {sample.image}: {exc}", file=sys.stderr)
             continue
-        if len(both) != 2:
+        if len(every) != 3:
             sys.exit(
                 f"{predictor.model_dir}: the model reads one scale only (no router or no handwriting height)"
             )
-        # views() puts the router's scale first; store them as (printed, handwriting).
-        views.append(both[::-1] if handwritten else both)
-        calls.append(bool(handwritten))
+        views.append([view.pixels for view in every])
+        calls.append(bool(every[0].handwritten))
         refs.append(sample.latex.split())
     out: dict[str, np.ndarray] = {"called": np.array(calls)}
-    for k, scale in enumerate(("printed", "handwriting")):
+    for k in range(3):
         reads = predictor.decode([v[k] for v in views], beam=beam)
-        out[f"{scale}_conf"] = np.array([r.confidence for r in reads])
-        out[f"{scale}_ok"] = np.array(
+        out[f"conf{k}"] = np.array([r.confidence for r in reads])
+        out[f"ok{k}"] = np.array(
             [canonical_tokens(r.tokens) == ref for r, ref in zip(reads, refs, strict=True)]
         )
     return out
 
 
+def reread(reads: dict[str, np.ndarray], order: list[int], below: float) -> tuple[float, float]:
+    """(exact match, mean reads per image) when the views of ``order`` are read in turn while the surest read so
+    far is less sure than ``below``, and the surest is kept (what the Predictor does)."""
+    conf, ok = reads[f"conf{order[0]}"].copy(), reads[f"ok{order[0]}"].copy()
+    count = np.ones(len(conf))
+    for k in order[1:]:
+        again = conf < below
+        count += again
+        better = again & (reads[f"conf{k}"] > conf)
+        ok = np.where(better, reads[f"ok{k}"], ok)
+        conf = np.where(better, reads[f"conf{k}"], conf)
+    return float(ok.mean()), float(count.mean())
+
+
 def policies(reads: dict[str, np.ndarray], thresholds: list[float]) -> list[tuple[float, float]]:
-    """(exact match, share read twice) of: router, printed, handwriting, both always, then each threshold."""
+    """(exact match, reads per image) of: the router's scale, printed, handwriting, zoomed, both scales always
+    (the surer kept), both scales when the first read is below 0.88 (texlens before the zoomed view), every view
+    always, then the Predictor's policy at each threshold."""
     called = reads["called"]
-    first_ok = np.where(called, reads["handwriting_ok"], reads["printed_ok"])
-    first_conf = np.where(called, reads["handwriting_conf"], reads["printed_conf"])
-    other_ok = np.where(called, reads["printed_ok"], reads["handwriting_ok"])
-    other_conf = np.where(called, reads["printed_conf"], reads["handwriting_conf"])
-    surer_ok = np.where(other_conf > first_conf, other_ok, first_ok)
+    printed_ok = np.where(called, reads["ok1"], reads["ok0"])
+    handwriting_ok = np.where(called, reads["ok0"], reads["ok1"])
     rows = [
-        (first_ok.mean(), 0.0),
-        (reads["printed_ok"].mean(), 0.0),
-        (reads["handwriting_ok"].mean(), 0.0),
-        (surer_ok.mean(), 1.0),
+        (reads["ok0"].mean(), 1.0),
+        (printed_ok.mean(), 1.0),
+        (handwriting_ok.mean(), 1.0),
+        (reads["ok2"].mean(), 1.0),
+        reread(reads, [0, 1], 2.0),
+        reread(reads, [0, 1], 0.88),
+        reread(reads, [0, 1, 2], 2.0),
     ]
-    for t in thresholds:
-        again = first_conf < t
-        rows.append((np.where(again, surer_ok, first_ok).mean(), again.mean()))
+    rows += [reread(reads, [0, 1, 2], t) for t in thresholds]
     return rows
 
 
@@ -83,8 +100,12 @@ def main() -> None:
     """Read the sets at both scales, print exact match and second-read share per policy."""
     parser = tuning_parser(__doc__)
     parser.add_argument("--beam", type=int, default=3, help="beam width (3 = texlens's default; 1 = greedy)")
-    parser.add_argument("--thresholds", default="0.8,0.85,0.88,0.9,0.95")
+    parser.add_argument("--thresholds", default="0.85,0.88,0.92,0.95")
+    parser.add_argument(
+        "--zoom", type=float, default=predictor_module.SECOND_READ_ZOOM, help="the zoomed view's factor"
+    )
     args = parser.parse_args()
+    predictor_module.SECOND_READ_ZOOM = args.zoom  # read by Predictor.views
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
     predictor = Predictor(args.model)
@@ -94,9 +115,19 @@ def main() -> None:
         sys.exit(
             f"{crohme}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
         )
-    table = Table(title=f"exact match (share read twice), beam {args.beam}, {args.n} per set")
+    table = Table(
+        title=f"exact match (reads per image), beam {args.beam}, zoom {args.zoom:g}, {args.n} per set"
+    )
     table.add_column("set", no_wrap=True)
-    for column in ("router's scale", "printed", "handwriting", "both, surer kept"):
+    for column in (
+        "router's scale",
+        "printed",
+        "handwriting",
+        "zoomed",
+        "both scales",
+        "both scales, again < 0.88",
+        "every view",
+    ):
         table.add_column(column, justify="right")
     for t in thresholds:
         table.add_column(f"again < {t:g}", justify="right", no_wrap=True)
@@ -113,7 +144,7 @@ def main() -> None:
         sets["CROHME 2014 train (seen)"] = read_dataset(crohme)[0][: args.n]
         every = []
         for name, samples in sets.items():
-            rows = policies(read_both(predictor, samples, args.beam), thresholds)
+            rows = policies(read_views(predictor, samples, args.beam), thresholds)
             every.append(rows)
             table.add_row(name, *cells(rows))
             print(name, "done", file=sys.stderr)
@@ -122,8 +153,8 @@ def main() -> None:
 
 
 def cells(rows) -> list[str]:
-    """Table cells: exact match, and for the policies that read twice, how often."""
-    return [f"{ok:.1%}" + (f" ({twice:.0%})" if k >= 3 else "") for k, (ok, twice) in enumerate(rows)]
+    """Table cells: exact match, and for the policies that read again, reads per image."""
+    return [f"{ok:.1%}" + (f" ({reads:.2f})" if k >= 4 else "") for k, (ok, reads) in enumerate(rows)]
 
 
 if __name__ == "__main__":

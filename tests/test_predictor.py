@@ -145,6 +145,7 @@ def test_json_shape(predictor: Predictor, shared_data: Path) -> None:
         "alternatives",
         "ms",
         "handwritten",
+        "glyph_height",
     ]
     assert data["latex"] == result.latex and data["tokens"] == result.tokens
     assert all(0.0 <= c <= 1.0 for c in data["token_confidences"])

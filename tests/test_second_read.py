@@ -1,5 +1,6 @@
-"""Second reads: an image the bundled model reads unsurely at the router's scale is read again at the other scale,
-and the surer read is what the user gets (texlens.predictor.SECOND_READ_BELOW, benchmarks/second_read.py)."""
+"""Second reads: an image the bundled model reads unsurely at the router's scale is read again at the other scale
+and zoomed, and the surest read is what the user gets (texlens.predictor.SECOND_READ_BELOW, SECOND_READ_ZOOM,
+benchmarks/second_read.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import torch
 from typer.testing import CliRunner
 
 from texlens.cli import app
-from texlens.predictor import SECOND_READ_BELOW, Predictor, resolve_model_dir
+from texlens.predictor import (
+    SECOND_READ_BELOW,
+    SECOND_READ_ZOOM,
+    Prediction,
+    Predictor,
+    View,
+    resolve_model_dir,
+)
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "src" / "texlens" / "examples").glob("*.png"))
 
@@ -26,45 +34,64 @@ def predictor() -> Iterator[Predictor]:
     torch.set_num_threads(threads)
 
 
-def alone(predictor: Predictor, image: Path) -> tuple[list, bool]:
-    """Each scale's read of ``image`` decoded on its own (a batch of one, as predict() decodes a single image)."""
-    views, called = predictor.views(image)
-    return [predictor.decode([view], beam=1)[0] for view in views], called
+def alone(predictor: Predictor, image: Path) -> list[tuple[Prediction, View]]:
+    """Each view's read of ``image`` decoded on its own (a batch of one, as predict() decodes a single image)."""
+    return [(predictor.decode([view.pixels], beam=1)[0], view) for view in predictor.views(image)]
 
 
-def test_bundled_model_has_both_scales_and_the_default_threshold(predictor: Predictor) -> None:
-    assert predictor.second_read_below == SECOND_READ_BELOW > 0
+def kept(reads: list[tuple[Prediction, View]], below: float) -> tuple[Prediction, View]:
+    """What predict() should return: the next view is read while the surest read so far is below ``below``."""
+    best = reads[0]
+    for read in reads[1:]:
+        if best[0].confidence >= below:
+            break
+        if read[0].confidence > best[0].confidence:
+            best = read
+    return best
+
+
+def test_bundled_model_has_both_scales_a_zoomed_one_and_the_default_threshold(predictor: Predictor) -> None:
+    assert predictor.second_read_below == SECOND_READ_BELOW > 0 and SECOND_READ_ZOOM > 1
     for image in EXAMPLES:
-        views, called = predictor.views(image)
-        assert len(views) == 2 and isinstance(called, bool)
-        # The router's scale comes first: handwriting is read bigger.
-        first, other = (view.shape[1] for view in views)
-        assert (first > other) == called, image.name
+        views = predictor.views(image)
+        assert len(views) == 3, image.name
+        (first, called, height), (other, other_called, _), (zoomed, zoomed_called, zoomed_height) = views
+        # The router's scale first, then the other scale, then the router's scale zoomed: handwriting is read
+        # bigger, and the zoomed view is bigger than the first.
+        assert isinstance(called, bool) and other_called is not called and zoomed_called is called
+        assert (first.shape[1] > other.shape[1]) == called, image.name
+        assert zoomed.shape[0] >= first.shape[0] and zoomed.shape[1] >= first.shape[1], image.name
+        assert zoomed.sum() > 1.1 * first.sum(), image.name  # more ink pixels: the glyphs are bigger
+        assert zoomed_height == pytest.approx(height * SECOND_READ_ZOOM)
 
 
 @pytest.mark.parametrize("image", EXAMPLES, ids=lambda p: p.name)
-def test_the_surer_of_both_reads_is_kept_and_a_sure_read_is_not_repeated(
-    predictor: Predictor, image: Path
-) -> None:
-    (first, other), called = alone(predictor, image)
-    surer, surer_call = (other, not called) if other.confidence > first.confidence else (first, called)
+def test_the_surest_read_is_kept_and_a_sure_read_is_not_repeated(predictor: Predictor, image: Path) -> None:
+    reads = alone(predictor, image)
+    first = reads[0][0]
+
+    def check(result: Prediction, expected: tuple[Prediction, View]) -> None:
+        read, view = expected
+        assert (result.latex, result.image_size) == (read.latex, read.image_size)
+        assert (result.handwritten, result.glyph_height) == (view.handwritten, view.glyph_height)
+        assert result.confidence == pytest.approx(read.confidence)
+
     try:
-        predictor.second_read_below = 1.01  # every read is unsure: both scales, the surer kept
-        both = predictor.predict(image, beam=1)
-        assert (both.latex, both.handwritten, both.image_size) == (surer.latex, surer_call, surer.image_size)
-        assert both.confidence == pytest.approx(surer.confidence)
+        predictor.second_read_below = 1.01  # every read is unsure: every view, the surest kept
+        surest = max(reads, key=lambda r: r[0].confidence)
+        check(predictor.predict(image, beam=1), surest)
+        assert kept(reads, 1.01) == surest
         for below in (None, first.confidence):  # off, or the first read exactly at the threshold: one read
             predictor.second_read_below = below or 0.0
-            once = predictor.predict(image, beam=1)
-            assert (once.latex, once.handwritten, once.image_size) == (first.latex, called, first.image_size)
-            assert once.confidence == pytest.approx(first.confidence)
-        predictor.second_read_below = first.confidence + 1e-6  # just unsure: read again
-        assert predictor.predict(image, beam=1).latex == surer.latex
+            check(predictor.predict(image, beam=1), reads[0])
+        for below in (first.confidence + 1e-6, max(r.confidence for r, _ in reads[:2]) + 1e-6):
+            predictor.second_read_below = below  # unsure: read again, and again while still unsure
+            check(predictor.predict(image, beam=1), kept(reads, below))
     finally:
         predictor.second_read_below = SECOND_READ_BELOW
 
 
-def test_a_batch_keeps_its_order_and_each_image_its_surer_read(predictor: Predictor, tmp_path: Path) -> None:
+def test_a_batch_keeps_its_order_and_each_image_its_surest_read(predictor: Predictor, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     sources = [EXAMPLES[0], broken, *EXAMPLES[1:], EXAMPLES[0]]
@@ -78,20 +105,24 @@ def test_a_batch_keeps_its_order_and_each_image_its_surer_read(predictor: Predic
     assert results[0].to_json() | {"ms": 0} == results[-1].to_json() | {"ms": 0}
     for result in (results[0], *results[2:]):
         assert result.error is None and result.latex and 0 < result.confidence <= 1
-        views, called = predictor.views(result.image)
-        # The image size says which scale the kept read came from, and "handwritten" agrees with it.
-        scale = [v.shape for v in views].index(result.image_size)
-        assert result.handwritten == (called if scale == 0 else not called)
+        # The kept read is one of the image's views, and says which.
+        views = {(v.glyph_height, v.handwritten, v.pixels.shape) for v in predictor.views(result.image)}
+        assert (result.glyph_height, result.handwritten, result.image_size) in views
 
 
-def test_a_model_without_a_router_reads_one_scale(tmp_path: Path) -> None:
+def test_a_model_without_a_router_reads_its_one_scale_and_zoomed(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     shutil.copytree(resolve_model_dir(None), plain, ignore=shutil.ignore_patterns("router.*"))
     with pytest.warns(UserWarning, match="no router"):
         predictor = Predictor(plain, second_read_below=1.01)
-    views, called = predictor.views(EXAMPLES[0])
-    assert len(views) == 1 and called is None
-    assert predictor.predict(EXAMPLES[0], beam=1).handwritten is None
+    views = predictor.views(EXAMPLES[0])
+    assert [v.handwritten for v in views] == [None, None]
+    assert views[1].pixels.sum() > 1.1 * views[0].pixels.sum()
+    result = predictor.predict(EXAMPLES[0], beam=1)
+    assert result.handwritten is None and result.glyph_height in [v.glyph_height for v in views]
+    with pytest.warns(UserWarning, match="no router"):
+        once = Predictor(plain, second_read_below=None)
+    assert len(once.views(EXAMPLES[0])) == 1
 
 
 def test_cli_turns_second_reads_off(tmp_path: Path) -> None:

@@ -57,8 +57,8 @@ def _inputs(images: list[Path]) -> list[Any]:
 SecondRead = Annotated[
     bool,
     typer.Option(
-        help="Read an image the model is unsure of again at the other scale (printed / handwriting) and "
-        "keep the surer read; --no-second-read: the router's scale only (faster)."
+        help="Read an image the model is unsure of again, at the other scale (printed / handwriting) and a "
+        "little larger, and keep the surest read; --no-second-read: one read, at the router's scale (faster)."
     ),
 ]
 

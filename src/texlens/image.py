@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -60,6 +59,15 @@ class PreprocessConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be a positive number of pixels, not {value!r}")
+
+    def zoomed(self, factor: float) -> PreprocessConfig:
+        """This config with glyphs ``factor`` times as high (the handwriting height too)."""
+        hw = self.handwriting_glyph_height
+        return replace(
+            self,
+            target_glyph_height=self.target_glyph_height * factor,
+            handwriting_glyph_height=None if hw is None else hw * factor,
+        )
 
     def for_handwriting(self) -> PreprocessConfig:
         """This config with the handwriting glyph height as the target (itself if there is none)."""
@@ -431,21 +439,33 @@ def _as_grey_array(image: ImageSource) -> np.ndarray:
 
 def preprocess(image: ImageSource, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """Image -> float32 (H, W) in [0, 1], ink = 1: polarity fixed, cropped, glyphs scaled to a standard size, padded."""
-    return preprocess_scales(image, [cfg])[0]
+    return InkCrop.of(image).scaled(cfg)
 
 
-def preprocess_scales(image: ImageSource, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
-    """``preprocess`` under each of ``configs`` (e.g. the printed and the handwriting glyph height), the ink found once."""
-    info = analyse_ink(_as_grey_array(image))
-    stats = info.stats
-    x0, y0 = int(stats[:, 0].min()), int(stats[:, 1].min())
-    x1, y1 = int((stats[:, 0] + stats[:, 2]).max()), int((stats[:, 1] + stats[:, 3]).max())
-    # One extra source pixel keeps the light anti-aliased fringe that Otsu leaves outside the mask.
-    height, width = info.grey.shape
-    x0, y0, x1, y1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, width), min(y1 + 1, height)
-    crop = info.grey[y0:y1, x0:x1]
-    glyph = glyph_height_from_stats(stats)
-    return [_scaled(crop, glyph, info, cfg) for cfg in configs]
+@dataclass(frozen=True)
+class InkCrop:
+    """An image's ink, found once: ``InkCrop.of(image).scaled(cfg)`` is ``preprocess(image, cfg)``, and further
+    ``scaled`` calls give other scales of it without looking for the ink again."""
+
+    crop: np.ndarray  # the grey source pixels around the ink
+    glyph: float  # their typical glyph height (source pixels)
+    info: InkAnalysis
+
+    @classmethod
+    def of(cls, image: ImageSource) -> InkCrop:
+        """Find the ink of an image (raises ImageError for a blank or unusable one)."""
+        info = analyse_ink(_as_grey_array(image))
+        stats = info.stats
+        x0, y0 = int(stats[:, 0].min()), int(stats[:, 1].min())
+        x1, y1 = int((stats[:, 0] + stats[:, 2]).max()), int((stats[:, 1] + stats[:, 3]).max())
+        # One extra source pixel keeps the light anti-aliased fringe that Otsu leaves outside the mask.
+        height, width = info.grey.shape
+        x0, y0, x1, y1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, width), min(y1 + 1, height)
+        return cls(info.grey[y0:y1, x0:x1], glyph_height_from_stats(stats), info)
+
+    def scaled(self, cfg: PreprocessConfig) -> np.ndarray:
+        """The model's view under ``cfg``: float32 (H, W), ink = 1."""
+        return _scaled(self.crop, self.glyph, self.info, cfg)
 
 
 def _scaled(crop: np.ndarray, glyph: float, info: InkAnalysis, cfg: PreprocessConfig) -> np.ndarray:

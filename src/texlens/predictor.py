@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,11 +26,10 @@ from texlens.decoding import Hypothesis, beam_search, confidence, greedy_decode
 from texlens.image import (
     ImageError,
     ImageSource,
+    InkCrop,
     PreprocessConfig,
     batch_images,
     load_image,
-    preprocess,
-    preprocess_scales,
 )
 from texlens.latex import SPECIAL_TOKENS, Vocab, to_latex
 from texlens.models.router import load_router
@@ -41,6 +40,15 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 DEFAULT_MODEL = "default"
 # Images read ahead of decoding: enough to sort into batches of similar width, few enough to stream.
 WINDOW_BATCHES = 4
+
+
+class View(NamedTuple):
+    """One view of an image the model may read: the preprocessed pixels (ink = 1), whether they are at the
+    handwriting scale (None: the model has no router), and the glyph height they were scaled to."""
+
+    pixels: np.ndarray
+    handwritten: bool | None
+    glyph_height: float
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Prediction:
     attention: np.ndarray | None = None  # (T, h, w): where each output token looked in the feature map
     image_size: tuple[int, int] | None = None  # (H, W) of the preprocessed image
     handwritten: bool | None = None  # read at the handwriting scale? (None: the model has no router)
+    glyph_height: float | None = None  # the glyph height (pixels) the kept read was made at
     pixels: np.ndarray | None = None  # the preprocessed image (ink = 1), kept when attention is asked for
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +82,7 @@ class Prediction:
             "alternatives": [[latex, round(conf, 6)] for latex, conf in self.alternatives],
             "ms": round(self.ms, 3),
             "handwritten": self.handwritten,
+            "glyph_height": self.glyph_height,
         }
 
 
@@ -116,9 +126,11 @@ def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
 
 
 LENGTH_PENALTY = 0.5  # beam search's length normalisation (GNMT alpha), chosen by benchmarks/beam_alpha.py
-# A read at the router's scale less sure than this is read again at the other scale, and the surer read is kept
-# (a model with a router and a handwriting glyph height); chosen by benchmarks/second_read.py.
+# A read at the router's scale less sure than this is read again, at the other scale (a model with a router and a
+# handwriting glyph height) and at the router's scale zoomed by SECOND_READ_ZOOM, and the surest read is kept;
+# both chosen by benchmarks/second_read.py.
 SECOND_READ_BELOW = 0.88
+SECOND_READ_ZOOM = 1.12
 
 
 class Predictor:
@@ -128,8 +140,9 @@ class Predictor:
     ``num_threads`` sets torch's (process-wide) and onnxruntime's thread count; ``length_penalty`` is beam
     search's GNMT alpha (``texlens.decoding.beam_search``; see benchmarks/beam_alpha.py for how it was chosen).
     A model with a router reads each image at the scale the router picks (printed or handwriting glyph height);
-    a read whose confidence is below ``second_read_below`` is repeated at the other scale and the more confident
-    one is kept (``None`` or 0: the router's scale only).
+    a read whose confidence is below ``second_read_below`` is repeated at the other scale and at the router's
+    scale zoomed by ``SECOND_READ_ZOOM`` (a model without a router: the zoomed scale only), and the surest read
+    is kept (``None`` or 0: one read, at the router's scale).
     """
 
     def __init__(
@@ -220,9 +233,9 @@ class Predictor:
         """The model's view of an image at the router's scale: float32 (H, W), ink = 1 (raises ImageError)."""
         return self.views(source)[0][0]
 
-    def views(self, source: ImageSource) -> tuple[list[np.ndarray], bool | None]:
-        """Every view the model may read of an image, the router's scale first, and whether the router called it
-        handwritten (None: no router); raises ImageError."""
+    def views(self, source: ImageSource) -> list[View]:
+        """Every view the model may read of an image, the router's scale first, then (with second reads on) the
+        other scale and the zoomed one; raises ImageError."""
         return self._views(load_image(source))
 
     def decode(
@@ -233,28 +246,34 @@ class Predictor:
         self._decode_sorted(results, list(arrays), beam, False, max(1, batch_size))
         return results
 
-    def _views(self, image: Any) -> tuple[list[np.ndarray], bool | None]:
-        """The model's views of a loaded image, the router's scale first, and whether the router called it
-        handwritten (None: no router).
+    def _views(self, image: Any) -> list[View]:
+        """The model's views of a loaded image, the router's scale first.
 
-        With a router and a handwriting glyph height there are two views, printed and handwriting scale, unless
-        second reads are off; the router reads the printed one (or its own preprocessing, if it differs).
+        With second reads on, the later views are what an unsure first read is read again at: the other scale
+        (printed or handwriting glyph height, with a router and a handwriting height), then the router's scale
+        zoomed by ``SECOND_READ_ZOOM``. The router reads the printed view (or its own preprocessing, if it
+        differs); the ink is found once.
         """
         cfg = self.preprocess_config
+        ink = InkCrop.of(image)
+        printed = ink.scaled(cfg)
         if self.router is None:
-            return [preprocess(image, cfg)], None
-        both = cfg.handwriting_glyph_height is not None and self.second_read_below > 0
-        if both:
-            printed, handwriting = preprocess_scales(image, [cfg, cfg.for_handwriting()])
+            scales: list[tuple[PreprocessConfig, bool | None]] = [(cfg, None)]
         else:
-            printed = preprocess(image, cfg)
-        view = printed if self.router_preprocess is None else preprocess(image, self.router_preprocess)
-        handwritten = self.router.is_handwritten(view)
-        if both:
-            return ([handwriting, printed] if handwritten else [printed, handwriting]), handwritten
-        if handwritten and cfg.handwriting_glyph_height is not None:  # one read, at the handwriting scale
-            return [preprocess(image, cfg.for_handwriting())], handwritten
-        return [printed], handwritten
+            view = printed if self.router_preprocess is None else ink.scaled(self.router_preprocess)
+            handwritten = self.router.is_handwritten(view)
+            if cfg.handwriting_glyph_height is None:
+                scales = [(cfg, handwritten)]
+            else:
+                scales = [(cfg.for_handwriting(), True), (cfg, False)][:: 1 if handwritten else -1]
+        if self.second_read_below <= 0:
+            scales = scales[:1]
+        else:
+            scales.append((scales[0][0].zoomed(SECOND_READ_ZOOM), scales[0][1]))
+        return [
+            View(printed if scale is cfg else ink.scaled(scale), hw, scale.target_glyph_height)
+            for scale, hw in scales
+        ]
 
     # --- internals --------------------------------------------------------------------------------------------
     def _predict_window(
@@ -264,12 +283,12 @@ class Predictor:
         the other scale, return them in input order."""
         results: list[Prediction] = []
         ready: list[tuple[int, np.ndarray]] = []
-        others: dict[int, np.ndarray] = {}  # the other scale's view, for a second read
+        others: dict[int, list[View]] = {}  # the views for reading again
         for i, source in enumerate(sources):
             name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", None)
             start = time.perf_counter()
             try:
-                views, handwritten = self._views(load_image(source))
+                first, *more = self._views(load_image(source))
             except ImageError as exc:
                 message = str(exc)
                 if name and message.startswith(f"{name}: "):  # the path is in the "image" field already
@@ -277,36 +296,36 @@ class Predictor:
                 results.append(Prediction(image=name, error=message))
                 continue
             ms = (time.perf_counter() - start) * 1000
-            pixels = views[0]
-            if len(views) > 1:
-                others[len(results)] = views[1]
-            results.append(
-                Prediction(
-                    image=name, ms=ms, image_size=(pixels.shape[0], pixels.shape[1]), handwritten=handwritten
-                )
-            )
-            ready.append((i, pixels))
+            if more:
+                others[len(results)] = more
+            results.append(self._unread(name, ms, first))
+            ready.append((i, first.pixels))
         self._decode_sorted(
             [results[i] for i, _ in ready], [p for _, p in ready], beam, attention, batch_size
         )
-        unsure = [i for i in others if results[i].confidence < self.second_read_below]
-        if unsure:
-            seconds = [
-                Prediction(
-                    image=results[i].image,
-                    ms=results[i].ms,
-                    image_size=(others[i].shape[0], others[i].shape[1]),
-                    handwritten=not results[i].handwritten,
-                )
-                for i in unsure
+        # Unsure reads are read again, one further view at a time, and the surest read is kept.
+        for k in range(max((len(v) for v in others.values()), default=0)):
+            unsure = [
+                i for i, v in others.items() if len(v) > k and results[i].confidence < self.second_read_below
             ]
-            self._decode_sorted(seconds, [others[i] for i in unsure], beam, attention, batch_size)
-            for i, second in zip(unsure, seconds, strict=True):
-                if second.confidence > results[i].confidence:
-                    results[i] = second
+            if not unsure:
+                break
+            again = [self._unread(results[i].image, results[i].ms, others[i][k]) for i in unsure]
+            self._decode_sorted(again, [others[i][k].pixels for i in unsure], beam, attention, batch_size)
+            for i, read in zip(unsure, again, strict=True):
+                if read.confidence > results[i].confidence:
+                    results[i] = read
                 else:
-                    results[i].ms = second.ms
+                    results[i].ms = read.ms
         return results
+
+    @staticmethod
+    def _unread(name: str | None, ms: float, view: View) -> Prediction:
+        """The Prediction a read of ``view`` will fill in."""
+        size = (view.pixels.shape[0], view.pixels.shape[1])
+        return Prediction(
+            image=name, ms=ms, image_size=size, handwritten=view.handwritten, glyph_height=view.glyph_height
+        )
 
     def _decode_sorted(
         self, results: list[Prediction], arrays: list[np.ndarray], beam: int, attention: bool, batch_size: int

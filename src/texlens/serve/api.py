@@ -62,7 +62,7 @@ class ServeSettings:
     backend: str = "torch"  # torch, onnx or onnx-int8
     max_tokens: int = 256  # longest LaTeX (in tokens) decoded; bounds the time one image can take
     threads: int = 0  # torch/onnxruntime threads for the model; 0 = their default
-    # Read an image the model is unsure of again at the other scale (texlens.predictor.SECOND_READ_BELOW).
+    # Read an image the model is unsure of again, at the other scale and zoomed (texlens.predictor.SECOND_READ_BELOW).
     second_read: bool = True
 
     @classmethod
@@ -309,6 +309,7 @@ def prediction_json(prediction: Any) -> dict[str, Any]:
             for latex, conf in (prediction.alternatives or [])
         ],
         "handwritten": getattr(prediction, "handwritten", None),
+        "glyph_height": getattr(prediction, "glyph_height", None),
     }
 
 
