@@ -60,6 +60,7 @@ def predict_local(data: bytes, model: str | None, beam: int, attention: bool) ->
         "tokens": prediction.tokens,
         "alternatives": [{"latex": latex, "confidence": conf} for latex, conf in prediction.alternatives],
         "handwritten": prediction.handwritten,
+        "glyph_height": prediction.glyph_height,
     }
     if attention and prediction.attention is not None and len(prediction.tokens):
         from texlens.visualize import save_attention_map
@@ -142,7 +143,9 @@ def show_result(result: dict[str, Any], current: dict[str, Any]) -> None:
     c1.metric("Confidence", f"{result['confidence']:.1%}")
     c2.metric("Time", f"{result['ms']:.0f} ms")
     if result.get("handwritten") is not None:
-        st.caption("Read as handwriting" if result["handwritten"] else "Read as print")
+        read_as = "Read as handwriting" if result["handwritten"] else "Read as print"
+        height = result.get("glyph_height")
+        st.caption(read_as if height is None else f"{read_as}, glyphs {height:g} px high")
     if result.get("alternatives"):
         st.markdown("**Other readings (beam search)**")
         for alt in result["alternatives"]:

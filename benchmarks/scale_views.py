@@ -1,0 +1,150 @@
+"""Which views of an image are worth reading: other glyph heights, and ensembles of views.
+
+    python benchmarks/scale_views.py [--model DIR] [--n 200] [--beam 1] [--factors 1.12,0.9,1.25] [--ensembles 0+2,0+2+3,0+1+2]
+
+Reads the first ``--n`` images of the tuning split (IM2LATEX held back from number 2,000, ``cn_math`` in Euler
+from number 5,000) and of CROHME 2014 *train* (the handwriting stand-in; the model has trained on it, so read its
+row as an upper bound) in several views: 0 = the router's scale, 1 = the other scale (printed / handwriting), then
+the router's scale times each of ``--factors``. It prints each view's exact match, the exact match of keeping the
+most confident read of some views (``surest of``), and of decoding an ensemble of views (``--ensembles``: the
+log-probabilities of the views averaged at every step, so all of them are decoded together). This is how
+``texlens.predictor.SECOND_READ_ZOOM`` was found; ``benchmarks/second_read.py`` then chose the policy.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from _shared import tuning_parser, tuning_split
+
+from texlens.data.formats import read_dataset
+from texlens.decoding import beam_search, confidence, greedy_decode
+from texlens.evaluate import canonical_tokens
+from texlens.image import ImageError, InkCrop, batch_images, load_image
+from texlens.latex import SPECIAL_TOKENS
+from texlens.predictor import Predictor
+
+
+class ViewEnsemble:
+    """A model whose every step averages the log-probabilities of one image read in several views.
+
+    ``encode`` takes the first view's batch; the other views' batches (same images, same order) are given here.
+    """
+
+    def __init__(self, model, others: list[torch.Tensor]):
+        self.model, self.others = model, others
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.model.encode(images)] + [self.model.encode(o) for o in self.others]
+
+    def init_state(self, memories: list[torch.Tensor]) -> list:
+        return [self.model.init_state(m) for m in memories]
+
+    def step(self, tokens: torch.Tensor, states: list) -> tuple[torch.Tensor, list, torch.Tensor]:
+        out = [self.model.step(tokens, s) for s in states]
+        logp = torch.stack([o[0].float().log_softmax(-1) for o in out]).mean(0)
+        return logp, [o[1] for o in out], out[0][2]
+
+    def reorder_state(self, states: list, index: torch.Tensor, images: torch.Tensor | None = None) -> list:
+        return [self.model.reorder_state(s, index, images=images) for s in states]
+
+    def feature_shape(self, height: int, width: int) -> tuple[int, int]:
+        return self.model.feature_shape(height, width)
+
+
+def decode(predictor: Predictor, views: list[list[np.ndarray]], beam: int) -> list[tuple[list[str], float]]:
+    """(tokens, confidence) per image; each image's list of views is decoded as one ensemble (one view: alone)."""
+    order = sorted(range(len(views)), key=lambda k: views[k][0].shape[1])
+    out: list = [None] * len(views)
+    options = {"max_len": predictor.max_len, "vocab": predictor.vocab, "return_attention": False}
+    for first in range(0, len(order), 16):
+        chunk = order[first : first + 16]
+        batches = [batch_images([views[k][j] for k in chunk])[0] for j in range(len(views[chunk[0]]))]
+        model = predictor.model if len(batches) == 1 else ViewEnsemble(predictor.model, batches[1:])
+        with torch.inference_mode():
+            if beam == 1:
+                hyps = greedy_decode(model, batches[0], **options)
+            else:
+                hyps = [
+                    h[0] for h in beam_search(model, batches[0], beam, predictor.length_penalty, **options)
+                ]
+        for k, hyp in zip(chunk, hyps, strict=True):
+            ids = (
+                hyp.ids[: hyp.ids.index(predictor.vocab.end_id)]
+                if predictor.vocab.end_id in hyp.ids
+                else hyp.ids
+            )
+            tokens = [predictor.vocab.itos[i] for i in ids if i >= len(SPECIAL_TOKENS)]
+            out[k] = (tokens, confidence(hyp))
+    return out
+
+
+def main() -> None:
+    """Read the sets in every view and ensemble, print the exact matches."""
+    parser = tuning_parser(__doc__)
+    parser.set_defaults(n=200)
+    parser.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    parser.add_argument(
+        "--factors", default="1.12,0.9,1.25", help="zoom factors on the router's glyph height"
+    )
+    parser.add_argument("--ensembles", default="0+2,0+2+3,0+1+2", help="views decoded together, e.g. 0+2")
+    args = parser.parse_args()
+    factors = [float(f) for f in args.factors.split(",")]
+    ensembles = [[int(v) for v in e.split("+")] for e in args.ensembles.split(",") if e]
+
+    predictor = Predictor(args.model)
+    if predictor.router is None or predictor.preprocess_config.handwriting_glyph_height is None:
+        sys.exit(
+            f"{predictor.model_dir}: the model reads one scale only (no router or no handwriting height)"
+        )
+    cfg = predictor.preprocess_config
+    sets = dict(tuning_split(args.datasets, args.n))
+    sets["CROHME 2014 train (seen)"] = read_dataset(Path(args.datasets) / "train_crohme")[0][: args.n]
+    for name, samples in sets.items():
+        views, refs = [], []
+        for sample in samples:
+            try:
+                image = load_image(sample.image)
+                (own, hw, _), (other, _, _) = predictor.views(image)[:2]
+                scale = cfg.for_handwriting() if hw else cfg
+                ink = InkCrop.of(image)
+                zoomed = [
+                    ink.scaled(replace(scale, target_glyph_height=scale.target_glyph_height * f))
+                    for f in factors
+                ]
+            except ImageError as exc:
+                print(f"skipped {sample.image}: {exc}", file=sys.stderr)
+                continue
+            views.append([own, other, *zoomed])
+            refs.append(sample.latex.split())
+        reads = {
+            f"view {j}": decode(predictor, [[v[j]] for v in views], args.beam) for j in range(len(views[0]))
+        }
+        for combo in ensembles:
+            reads["ensemble " + "+".join(map(str, combo))] = decode(
+                predictor, [[v[j] for j in combo] for v in views], args.beam
+            )
+        ok = {
+            k: np.array([canonical_tokens(t) == r for (t, _), r in zip(v, refs, strict=True)])
+            for k, v in reads.items()
+        }
+        conf = {k: np.array([c for _, c in v]) for k, v in reads.items()}
+        row = {k: f"{v.mean():.1%}" for k, v in ok.items()}
+        singles = [f"view {j}" for j in range(len(views[0]))]
+        for size in range(2, len(singles) + 1):
+            keys = singles[:size]
+            pick = np.argmax(np.stack([conf[k] for k in keys]), 0)
+            row["surest of " + ",".join(k[-1] for k in keys)] = (
+                f"{np.stack([ok[k] for k in keys])[pick, np.arange(len(refs))].mean():.1%}"
+            )
+        print(f"{name} ({len(refs)} images, beam {args.beam}, factors {factors}):")
+        for key, value in row.items():
+            print(f"  {key:>20}: {value}")
+
+
+if __name__ == "__main__":
+    main()
