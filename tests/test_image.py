@@ -17,6 +17,7 @@ from PIL import Image, ImageFile
 
 from texlens.image import (
     ImageError,
+    InkCrop,
     PreprocessConfig,
     analyse_ink,
     batch_images,
@@ -127,6 +128,23 @@ def test_printed_and_handwritten_come_out_at_the_same_glyph_size(
     ]
     assert abs(np.median(printed) / np.median(hand) - 1) < 0.15
     assert abs(np.median(hand) / CFG.target_glyph_height - 1) < 0.15
+
+
+def test_ink_found_once_gives_every_scale_preprocess_gives(im2latex_dir: Path, shared_data: Path) -> None:
+    configs = [CFG, PreprocessConfig(handwriting_glyph_height=14).for_handwriting(), CFG.zoomed(1.12)]
+    for path in [
+        sorted(im2latex_dir.glob("*.png"))[1],
+        sorted((shared_data / "crohme" / "test_2014").glob("*.png"))[0],
+    ]:
+        ink = InkCrop.of(path)
+        views = [ink.scaled(cfg) for cfg in configs]
+        for view, cfg in zip(views, configs, strict=True):
+            np.testing.assert_array_equal(view, preprocess(path, cfg))
+        # Zoomed 1.12x: glyphs (and so the ink) about 1.12x as high.
+        assert glyph_after(views[2]) / glyph_after(views[0]) == pytest.approx(1.12, rel=0.15)
+    zoomed = PreprocessConfig(target_glyph_height=10, handwriting_glyph_height=14).zoomed(1.5)
+    assert (zoomed.target_glyph_height, zoomed.handwriting_glyph_height) == (15, 21)
+    assert CFG.zoomed(2).handwriting_glyph_height is None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -127,8 +127,8 @@ def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
 
 LENGTH_PENALTY = 0.5  # beam search's length normalisation (GNMT alpha), chosen by benchmarks/beam_alpha.py
 # A read at the router's scale less sure than this is read again, at the other scale (a model with a router and a
-# handwriting glyph height) and at the router's scale zoomed by SECOND_READ_ZOOM, and the surest read is kept;
-# both chosen by benchmarks/second_read.py.
+# handwriting glyph height) and, if still unsure, at the router's scale zoomed by SECOND_READ_ZOOM; the surest read
+# is kept. The zoom was found by benchmarks/scale_views.py, the threshold chosen by benchmarks/second_read.py.
 SECOND_READ_BELOW = 0.88
 SECOND_READ_ZOOM = 1.12
 
@@ -279,8 +279,8 @@ class Predictor:
     def _predict_window(
         self, sources: list[ImageSource], beam: int, attention: bool, batch_size: int
     ) -> list[Prediction]:
-        """Preprocess every image once, decode them in batches of similar width, read the unsure ones again at
-        the other scale, return them in input order."""
+        """Preprocess every image once, decode them in batches of similar width, read the unsure ones again in
+        their further views, return them in input order."""
         results: list[Prediction] = []
         ready: list[tuple[int, np.ndarray]] = []
         others: dict[int, list[View]] = {}  # the views for reading again
@@ -298,7 +298,7 @@ class Predictor:
             ms = (time.perf_counter() - start) * 1000
             if more:
                 others[len(results)] = more
-            results.append(self._unread(name, ms, first))
+            results.append(self._prediction_for(name, ms, first))
             ready.append((i, first.pixels))
         self._decode_sorted(
             [results[i] for i, _ in ready], [p for _, p in ready], beam, attention, batch_size
@@ -310,7 +310,7 @@ class Predictor:
             ]
             if not unsure:
                 break
-            again = [self._unread(results[i].image, results[i].ms, others[i][k]) for i in unsure]
+            again = [self._prediction_for(results[i].image, results[i].ms, others[i][k]) for i in unsure]
             self._decode_sorted(again, [others[i][k].pixels for i in unsure], beam, attention, batch_size)
             for i, read in zip(unsure, again, strict=True):
                 if read.confidence > results[i].confidence:
@@ -320,7 +320,7 @@ class Predictor:
         return results
 
     @staticmethod
-    def _unread(name: str | None, ms: float, view: View) -> Prediction:
+    def _prediction_for(name: str | None, ms: float, view: View) -> Prediction:
         """The Prediction a read of ``view`` will fill in."""
         size = (view.pixels.shape[0], view.pixels.shape[1])
         return Prediction(
