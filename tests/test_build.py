@@ -15,15 +15,23 @@ from texlens.data.formats import read_dataset
 TRAIN = tuple(name for name in SETS if name.startswith("train_"))  # the quick build must write every one
 VAL = tuple(name for name in SETS if name.startswith("val_"))
 LIMIT = 12
+# Sets whose size the quick build sets by its own option rather than --limit.
+SIZED = {
+    "train_synth": ("--synth", 10),
+    "train_synth_im": ("--synth-im", 7),
+    "train_fonts": ("--more-fonts-count", 8),
+    "train_fonts2": ("--extra-fonts-count", 6),
+}
 
 
 @pytest.fixture(scope="module")
 def built(shared_data: Path, tex_available: bool, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("datasets")
     args = ["data", "build", "--shared", str(shared_data), "--out", str(out), "--limit", str(LIMIT)]
-    more = ["--more-fonts", "bookman,helvet", "--more-fonts-count", "8"]
-    more += ["--extra-fonts", "sansmath,times-upright", "--extra-fonts-count", "6"]
-    result = CliRunner().invoke(app, [*args, "--synth", "10", "--fonts", "cm,times", *more])
+    args += ["--fonts", "cm,times", "--more-fonts", "bookman,helvet"]
+    args += ["--extra-fonts", "sansmath,times-upright"]
+    args += [arg for option, count in SIZED.values() for arg in (option, str(count))]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out
 
@@ -40,13 +48,13 @@ def _fonts(folder: Path) -> set[str]:
 
 
 def test_quick_build_writes_every_set_small(built: Path) -> None:
-    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 7 and len(VAL) == 3
+    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 8 and len(VAL) == 3
     for name in TRAIN + VAL:
         samples, issues = read_dataset(built / name)  # images checked: every label points at a picture
         assert not issues, (name, issues)
         assert samples, name
         # --limit bounds every split (synth makes its own --synth formulas), so a quick build is quick.
-        assert len(samples) <= {"train_synth": 10, "train_fonts": 8, "train_fonts2": 6}.get(name, LIMIT), name
+        assert len(samples) <= SIZED.get(name, ("--limit", LIMIT))[1], name
 
 
 def test_no_validation_formula_is_trained_on(built: Path) -> None:
@@ -66,6 +74,13 @@ def test_validation_uses_the_held_out_font_and_the_held_back_im2latex_part(built
     # CROHME keeps its official split: test images only in validation.
     assert all("test_2014" in s.image.as_posix() for s in read_dataset(built / "val_crohme")[0])
     assert all("train_2014" in s.image.as_posix() for s in read_dataset(built / "train_crohme")[0])
+
+
+def test_im2latex_recombinations_are_new_formulas_in_the_main_fonts(built: Path) -> None:
+    synth_im, im_render = _formulas(built / "train_synth_im"), _formulas(built / "train_im2latex_render")
+    assert len(synth_im) == SIZED["train_synth_im"][1]
+    assert not synth_im & im_render and not synth_im & _formulas(built / "train_synth")
+    assert _fonts(built / "train_synth_im") <= {"cm", "times"}
 
 
 def test_only_writes_the_named_sets(shared_data: Path, tex_available: bool, tmp_path: Path) -> None:

@@ -86,12 +86,10 @@ def predict(
     second_read: SecondRead = True,
 ) -> None:
     """Write the LaTeX of each image, one line per image."""
-    from texlens.predictor import SECOND_READ_BELOW, Predictor
+    from texlens.predictor import Predictor
 
     try:
-        predictor = Predictor(
-            model, backend=backend, second_read_below=SECOND_READ_BELOW if second_read else None
-        )
+        predictor = Predictor(model, backend=backend, second_read=second_read)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     sources = _inputs(images)
@@ -291,6 +289,9 @@ def data_build(
     ] = None,
     jobs: Annotated[int, typer.Option()] = 2,
     synth: Annotated[int, typer.Option(help="Recombined formulas to render for training.")] = 30000,
+    synth_im: Annotated[
+        int, typer.Option(help="Formulas recombined from IM2LATEX training formulas only (train_synth_im).")
+    ] = 20000,
     more_fonts: Annotated[
         str | None, typer.Option(help="Fonts of train_fonts (default: texlens.data.render.MORE_FONTS).")
     ] = None,
@@ -316,6 +317,7 @@ def data_build(
             limit=limit,
             jobs=jobs,
             synth=synth,
+            synth_im=synth_im,
             more_fonts=more_fonts.split(",") if more_fonts else MORE_FONTS,
             more_fonts_count=more_fonts_count,
             extra_fonts=extra_fonts.split(",") if extra_fonts else EXTRA_FONTS,

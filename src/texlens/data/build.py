@@ -23,6 +23,7 @@ IM2LATEX_HELD_BACK = frozenset({0, 1, 2, 3})
 SETS = (
     "train_cn_math",
     "train_synth",
+    "train_synth_im",
     "train_im2latex_render",
     "train_fonts",
     "train_fonts2",
@@ -97,6 +98,7 @@ def build_datasets(
     dpi: tuple[int, int] = (110, 260),
     seed: int = 0,
     synth: int = 30000,
+    synth_im: int = 20000,
     more_fonts: list[str] | tuple[str, ...] = MORE_FONTS,
     more_fonts_count: int = 24000,
     extra_fonts: list[str] | tuple[str, ...] = EXTRA_FONTS,
@@ -105,7 +107,9 @@ def build_datasets(
 ) -> BuildReport:
     """Write every training and validation set under ``out`` (folder format) and report their sizes.
 
-    ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX training formulas (a seeded sample)
+    ``train_synth`` renders ``synth`` formulas recombined from every printed training formula (mostly
+    ``cn_math``'s), ``train_synth_im`` ``synth_im`` recombined from the IM2LATEX training part's alone (arXiv
+    notation, longer formulas). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX training formulas (a seeded sample)
     in ``more_fonts``, shapes the other sets never show; ``train_fonts2`` another sample of ``extra_fonts_count``
     in ``extra_fonts``. ``only`` names the sets to write (None: all of them).
     """
@@ -167,6 +171,12 @@ def build_datasets(
             synthesize(printed, synth, seed=seed, exclude=held_out),
             fonts,
             seed + 2,
+        ),
+        # The same from the IM2LATEX training formulas only: a few thousand real ones, read many times over.
+        "train_synth_im": lambda: (
+            synthesize(im_formulas, synth_im, seed=seed + 5, exclude=held_out),
+            fonts,
+            seed + 5,
         ),
         # Other font shapes, on formulas the other sets also draw (a sample, so the set stays small).
         "train_fonts": lambda: (
