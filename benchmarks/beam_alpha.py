@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--alphas", default="0,0.5,1.0,mean", help="comma-separated alphas to compare")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
-    predictor = Predictor(resolve_model_dir(args.model), second_read_below=None)  # the router's scale only
+    predictor = Predictor(resolve_model_dir(args.model), second_read=False)  # the router's scale only
     alphas: list[float | str] = [a if a == "mean" else float(a) for a in args.alphas.split(",")]
     table = Table(title=f"Beam {args.beam} length penalty on the tuning split ({args.n} images per set)")
     for column in ("data", "decoding", "exact match", "edit similarity", "s / image"):

@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     # The router's scale only: a second read at the handwriting scale would blur what the printed height does.
-    predictor = Predictor(resolve_model_dir(args.model), second_read_below=None)
+    predictor = Predictor(resolve_model_dir(args.model), second_read=False)
     model_height = predictor.preprocess_config.target_glyph_height
     heights = [float(h) for h in args.heights.split(",")]
     table = Table(

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from texlens import DEFAULT_BEAM
 from texlens.export import export_onnx
-from texlens.predictor import SECOND_READ_BELOW, Predictor, resolve_model_dir
+from texlens.predictor import Predictor, resolve_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -87,7 +87,6 @@ def main() -> None:
         help="the router's scale only (texlens predict --no-second-read)",
     )
     args = parser.parse_args()
-    second_read_below = None if args.no_second_read else SECOND_READ_BELOW
     console = Console(width=None if sys.stdout.isatty() else 120)  # no wrapped columns in logs
 
     model_dir = resolve_model_dir(args.model)
@@ -115,7 +114,7 @@ def main() -> None:
                     backend=backend,
                     num_threads=threads,
                     max_len=args.max_len,
-                    second_read_below=second_read_below,
+                    second_read=not args.no_second_read,
                 )
                 with console.status(f"{backend}, {threads} thread(s)"):
                     row = measure(predictor, images, args.batch, args.beam)

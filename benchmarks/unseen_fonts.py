@@ -26,7 +26,7 @@ from rich.table import Table
 from texlens.data.render import EXTRA_FONTS, MAIN_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
 from texlens.evaluate import evaluate
 from texlens.latex import to_latex
-from texlens.predictor import SECOND_READ_BELOW, Predictor
+from texlens.predictor import Predictor
 
 TRAINING_FONTS = (*MAIN_FONTS, *MORE_FONTS, *EXTRA_FONTS)
 
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     formulas = [to_latex(s.latex) for s in tuning_split(args.datasets, args.n)["cn_math (euler)"]]
-    predictor = Predictor(args.model, second_read_below=None if args.no_second_read else SECOND_READ_BELOW)
+    predictor = Predictor(args.model, second_read=not args.no_second_read)
     table = Table(title=f"cn_math tuning formulas ({len(formulas)}) by font, beam {args.beam}")
     for column in (
         "font",

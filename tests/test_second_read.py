@@ -121,8 +121,8 @@ def test_a_model_without_a_router_reads_its_one_scale_and_zoomed(tmp_path: Path)
     result = predictor.predict(EXAMPLES[0], beam=1)
     assert result.handwritten is None and result.glyph_height in [v.glyph_height for v in views]
     with pytest.warns(UserWarning, match="no router"):
-        once = Predictor(plain, second_read_below=None)
-    assert len(once.views(EXAMPLES[0])) == 1
+        once = Predictor(plain, second_read_below=1.01, second_read=False)  # the switch wins over a threshold
+    assert once.second_read_below == 0 and len(once.views(EXAMPLES[0])) == 1
 
 
 def test_cli_turns_second_reads_off(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_cli_turns_second_reads_off(tmp_path: Path) -> None:
     on_rows = [json.loads(line) for line in on.stdout.splitlines()]
     off_rows = [json.loads(line) for line in off.stdout.splitlines()]
     assert len(on_rows) == len(off_rows) == len(EXAMPLES)
-    predictor = Predictor(second_read_below=None)
+    predictor = Predictor(second_read=False)
     for row, image in zip(off_rows, EXAMPLES, strict=True):
         assert row["latex"] == predictor.predict(image, beam=1).latex
     # A second read only ever replaces a read with a surer one.

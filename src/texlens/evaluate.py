@@ -44,16 +44,15 @@ def evaluate(
     Returns edit similarity, exact match, BLEU-4, ExpRate (<= 0, 1, 2 token errors), optionally image match
     (TeX renders of prediction and reference compared pixel by pixel), images per second, and counts.
     ``errors_csv`` receives every sample whose prediction differs from the reference, worst first.
-    ``second_read=False`` reads each image at the router's scale only (``Predictor``'s ``second_read_below``).
+    ``second_read=False`` reads each image once, at the router's scale (``Predictor``'s ``second_read``).
     """
     from texlens.data.formats import read_dataset
-    from texlens.predictor import SECOND_READ_BELOW, Predictor
+    from texlens.predictor import Predictor
 
     if isinstance(model, Predictor):
         predictor = model
     else:
-        below = SECOND_READ_BELOW if second_read else None
-        predictor = Predictor(model, backend=backend, num_threads=num_threads, second_read_below=below)
+        predictor = Predictor(model, backend=backend, num_threads=num_threads, second_read=second_read)
     samples, issues = read_dataset(dataset_path)
     if limit is not None:
         samples = samples[:limit]

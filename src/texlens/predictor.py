@@ -142,7 +142,7 @@ class Predictor:
     A model with a router reads each image at the scale the router picks (printed or handwriting glyph height);
     a read whose confidence is below ``second_read_below`` is repeated at the other scale and at the router's
     scale zoomed by ``SECOND_READ_ZOOM`` (a model without a router: the zoomed scale only), and the surest read
-    is kept (``None`` or 0: one read, at the router's scale).
+    is kept. ``second_read=False`` (or a threshold of ``None`` or 0) reads once, at the router's scale.
     """
 
     def __init__(
@@ -153,6 +153,7 @@ class Predictor:
         max_len: int = 256,
         length_penalty: float | str = LENGTH_PENALTY,
         second_read_below: float | None = SECOND_READ_BELOW,
+        second_read: bool = True,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -161,7 +162,7 @@ class Predictor:
         self.backend = backend
         self.max_len = max_len
         self.length_penalty = length_penalty
-        self.second_read_below = second_read_below or 0.0
+        self.second_read_below = (second_read_below or 0.0) if second_read else 0.0
         self.model_dir = resolve_model_dir(model)
         if backend == "torch":
             from texlens.models import load_model

@@ -193,7 +193,7 @@ class InferenceWorker:
         return job.future
 
     def _load(self) -> None:
-        from texlens.predictor import SECOND_READ_BELOW, Predictor
+        from texlens.predictor import Predictor
 
         started = time.perf_counter()
         cfg = self.settings
@@ -203,7 +203,7 @@ class InferenceWorker:
             backend=cfg.backend,
             num_threads=threads,
             max_len=cfg.max_tokens,
-            second_read_below=SECOND_READ_BELOW if cfg.second_read else None,
+            second_read=cfg.second_read,
         )
         self.model_info = describe_predictor(self.predictor, self.settings.model)
         self.model_info["load_s"] = round(time.perf_counter() - started, 3)
