@@ -26,13 +26,12 @@ from _shared import tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
-import texlens.predictor as predictor_module
 from texlens.data.formats import read_dataset
 from texlens.data.render import UNSEEN_FONTS, render_formulas
 from texlens.evaluate import canonical_tokens
 from texlens.image import ImageError
 from texlens.latex import to_latex
-from texlens.predictor import Predictor
+from texlens.predictor import SECOND_READ_ZOOM, Predictor
 
 
 def read_views(predictor: Predictor, samples: list, beam: int) -> dict[str, np.ndarray]:
@@ -101,14 +100,11 @@ def main() -> None:
     parser = tuning_parser(__doc__)
     parser.add_argument("--beam", type=int, default=3, help="beam width (3 = texlens's default; 1 = greedy)")
     parser.add_argument("--thresholds", default="0.85,0.88,0.92,0.95")
-    parser.add_argument(
-        "--zoom", type=float, default=predictor_module.SECOND_READ_ZOOM, help="the zoomed view's factor"
-    )
+    parser.add_argument("--zoom", type=float, default=SECOND_READ_ZOOM, help="the zoomed view's factor")
     args = parser.parse_args()
-    predictor_module.SECOND_READ_ZOOM = args.zoom  # read by Predictor.views
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, second_read_zoom=args.zoom)
     split = tuning_split(args.datasets, args.n)
     crohme = Path(args.datasets) / "train_crohme"
     if not crohme.is_dir():

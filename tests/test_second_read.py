@@ -65,6 +65,17 @@ def test_bundled_model_has_both_scales_a_zoomed_one_and_the_default_threshold(pr
         assert zoomed_height == pytest.approx(height * SECOND_READ_ZOOM)
 
 
+def test_the_zoom_is_the_predictors_own(predictor: Predictor) -> None:
+    try:
+        predictor.second_read_zoom = 1.3  # what benchmarks/second_read.py --zoom sets
+        (_, _, height), _, (_, _, zoomed_height) = predictor.views(EXAMPLES[0])
+        assert zoomed_height == pytest.approx(height * 1.3)
+    finally:
+        predictor.second_read_zoom = SECOND_READ_ZOOM
+    with pytest.raises(ValueError, match="second_read_zoom must be positive"):
+        Predictor(second_read_zoom=0)
+
+
 @pytest.mark.parametrize("image", EXAMPLES, ids=lambda p: p.name)
 def test_the_surest_read_is_kept_and_a_sure_read_is_not_repeated(predictor: Predictor, image: Path) -> None:
     reads = alone(predictor, image)

@@ -141,7 +141,7 @@ class Predictor:
     search's GNMT alpha (``texlens.decoding.beam_search``; see benchmarks/beam_alpha.py for how it was chosen).
     A model with a router reads each image at the scale the router picks (printed or handwriting glyph height);
     a read whose confidence is below ``second_read_below`` is repeated at the other scale and at the router's
-    scale zoomed by ``SECOND_READ_ZOOM`` (a model without a router: the zoomed scale only), and the surest read
+    scale zoomed by ``second_read_zoom`` (a model without a router: the zoomed scale only), and the surest read
     is kept. ``second_read=False`` (or a threshold of ``None`` or 0) reads once, at the router's scale.
     """
 
@@ -154,6 +154,7 @@ class Predictor:
         length_penalty: float | str = LENGTH_PENALTY,
         second_read_below: float | None = SECOND_READ_BELOW,
         second_read: bool = True,
+        second_read_zoom: float = SECOND_READ_ZOOM,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -163,6 +164,9 @@ class Predictor:
         self.max_len = max_len
         self.length_penalty = length_penalty
         self.second_read_below = (second_read_below or 0.0) if second_read else 0.0
+        if second_read_zoom <= 0:
+            raise ValueError(f"second_read_zoom must be positive, not {second_read_zoom}")
+        self.second_read_zoom = second_read_zoom
         self.model_dir = resolve_model_dir(model)
         if backend == "torch":
             from texlens.models import load_model
@@ -252,7 +256,7 @@ class Predictor:
 
         With second reads on, the later views are what an unsure first read is read again at: the other scale
         (printed or handwriting glyph height, with a router and a handwriting height), then the router's scale
-        zoomed by ``SECOND_READ_ZOOM``. The router reads the printed view (or its own preprocessing, if it
+        zoomed by ``second_read_zoom``. The router reads the printed view (or its own preprocessing, if it
         differs); the ink is found once.
         """
         cfg = self.preprocess_config
@@ -270,7 +274,7 @@ class Predictor:
         if self.second_read_below <= 0:
             scales = scales[:1]
         else:
-            scales.append((scales[0][0].zoomed(SECOND_READ_ZOOM), scales[0][1]))
+            scales.append((scales[0][0].zoomed(self.second_read_zoom), scales[0][1]))
         return [
             View(printed if scale is cfg else ink.scaled(scale), hw, scale.target_glyph_height)
             for scale, hw in scales
