@@ -1,6 +1,7 @@
 """Which views of an image are worth reading: other glyph heights, and ensembles of views.
 
     python benchmarks/scale_views.py [--model DIR] [--n 200] [--beam 1] [--factors 1.12,0.9,1.25] [--ensembles 0+2,0+2+3,0+1+2]
+        [--save reads.npz]
 
 Reads the first ``--n`` images of the tuning split (IM2LATEX held back from number 2,000, ``cn_math`` in Euler
 from number 5,000) and of CROHME 2014 *train* (the handwriting stand-in; the model has trained on it, so read its
@@ -22,38 +23,11 @@ import torch
 from _shared import tuning_parser, tuning_split
 
 from texlens.data.formats import read_dataset
-from texlens.decoding import beam_search, confidence, greedy_decode
+from texlens.decoding import ViewEnsemble, beam_search, confidence, greedy_decode
 from texlens.evaluate import canonical_tokens
 from texlens.image import ImageError, InkCrop, batch_images, load_image
 from texlens.latex import SPECIAL_TOKENS
 from texlens.predictor import SECOND_READ_BELOW, Predictor
-
-
-class ViewEnsemble:
-    """A model whose every step averages the log-probabilities of one image read in several views.
-
-    ``encode`` takes the first view's batch; the other views' batches (same images, same order) are given here.
-    """
-
-    def __init__(self, model, others: list[torch.Tensor]):
-        self.model, self.others = model, others
-
-    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.model.encode(images)] + [self.model.encode(o) for o in self.others]
-
-    def init_state(self, memories: list[torch.Tensor]) -> list:
-        return [self.model.init_state(m) for m in memories]
-
-    def step(self, tokens: torch.Tensor, states: list) -> tuple[torch.Tensor, list, torch.Tensor]:
-        out = [self.model.step(tokens, s) for s in states]
-        logp = torch.stack([o[0].float().log_softmax(-1) for o in out]).mean(0)
-        return logp, [o[1] for o in out], out[0][2]
-
-    def reorder_state(self, states: list, index: torch.Tensor, images: torch.Tensor | None = None) -> list:
-        return [self.model.reorder_state(s, index, images=images) for s in states]
-
-    def feature_shape(self, height: int, width: int) -> tuple[int, int]:
-        return self.model.feature_shape(height, width)
 
 
 def decode(predictor: Predictor, views: list[list[np.ndarray]], beam: int) -> list[tuple[list[str], float]]:
@@ -95,6 +69,7 @@ def main() -> None:
         "--factors", default="1.12,0.9,1.25", help="zoom factors on the router's glyph height"
     )
     parser.add_argument("--ensembles", default="0+2,0+2+3,0+1+2", help="views decoded together, e.g. 0+2")
+    parser.add_argument("--save", help="write every read's correctness and confidence per image to this .npz")
     args = parser.parse_args()
     factors = [float(f) for f in args.factors.split(",")]
     ensembles = [[int(v) for v in e.split("+")] for e in args.ensembles.split(",") if e]
@@ -107,8 +82,9 @@ def main() -> None:
     cfg = predictor.preprocess_config
     sets = dict(tuning_split(args.datasets, args.n))
     sets["CROHME 2014 train (seen)"] = read_dataset(Path(args.datasets) / "train_crohme")[0][: args.n]
+    saved: dict[str, np.ndarray] = {}
     for name, samples in sets.items():
-        views, refs = [], []
+        views, refs, called = [], [], []
         for sample in samples:
             try:
                 image = load_image(sample.image)
@@ -124,6 +100,7 @@ def main() -> None:
                 continue
             views.append([own, other, *zoomed])
             refs.append(sample.latex.split())
+            called.append(bool(hw))
         reads = {
             f"view {j}": decode(predictor, [[v[j]] for v in views], args.beam) for j in range(len(views[0]))
         }
@@ -136,6 +113,13 @@ def main() -> None:
             for k, v in reads.items()
         }
         conf = {k: np.array([c for _, c in v]) for k, v in reads.items()}
+        if args.save:
+            key = name.split(" ")[0]
+            saved[f"{key}/width"] = np.array([v[0].shape[1] for v in views])
+            saved[f"{key}/handwritten"] = np.array(called)
+            saved[f"{key}/tokens"] = np.array([len(t) for t, _ in reads["view 0"]])
+            for k in reads:
+                saved[f"{key}/{k}/ok"], saved[f"{key}/{k}/conf"] = ok[k], conf[k]
         row = {k: f"{v.mean():.1%}" for k, v in ok.items()}
         singles = [f"view {j}" for j in range(len(views[0]))]
         for size in range(2, len(singles) + 1):
@@ -159,6 +143,8 @@ def main() -> None:
         print(f"{name} ({len(refs)} images, beam {args.beam}, factors {factors}):")
         for key, value in row.items():
             print(f"  {key:>20}: {value}")
+    if args.save:
+        np.savez(args.save, **saved)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -571,6 +571,35 @@ def _length_penalty(length: int, alpha: float | str) -> float:
 
 def _attention_maps(att: list[torch.Tensor], shape: tuple[int, int]) -> np.ndarray:
     return torch.stack(att).float().reshape(len(att), *shape).numpy()
+
+
+class ViewEnsemble:
+    """A model whose every step averages the log-probabilities of one image read in several views.
+
+    ``encode`` takes the first view's batch; the other views' batches (the same images in the same order, each
+    view at its own size) are given here. Attention is the first view's. Decodes with ``greedy_decode`` and
+    ``beam_search`` like the model itself, at the cost of one decoding per view.
+    """
+
+    def __init__(self, model: Any, others: Sequence[torch.Tensor]):
+        self.model, self.others = model, list(others)
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.model.encode(images)] + [self.model.encode(o) for o in self.others]
+
+    def init_state(self, memories: list[torch.Tensor]) -> list:
+        return [self.model.init_state(m) for m in memories]
+
+    def step(self, tokens: torch.Tensor, states: list) -> tuple[torch.Tensor, list, torch.Tensor]:
+        out = [self.model.step(tokens, s) for s in states]
+        logp = torch.stack([o[0].float().log_softmax(-1) for o in out]).mean(0)
+        return logp, [o[1] for o in out], out[0][2]
+
+    def reorder_state(self, states: list, index: torch.Tensor, images: torch.Tensor | None = None) -> list:
+        return [self.model.reorder_state(s, index, images=images) for s in states]
+
+    def feature_shape(self, height: int, width: int) -> tuple[int, int]:
+        return self.model.feature_shape(height, width)
 
 
 @torch.inference_mode()

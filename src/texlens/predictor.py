@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from texlens import DEFAULT_BEAM
-from texlens.decoding import Hypothesis, beam_search, confidence, greedy_decode
+from texlens.decoding import Hypothesis, ViewEnsemble, beam_search, confidence, greedy_decode
 from texlens.image import (
     ImageError,
     ImageSource,
@@ -49,6 +49,9 @@ class View(NamedTuple):
     pixels: np.ndarray
     handwritten: bool | None
     glyph_height: float
+
+
+Read = tuple[View, ...]  # one read of an image: its views decoded together (usually one)
 
 
 @dataclass
@@ -243,12 +246,23 @@ class Predictor:
         other scale and the zoomed one; raises ImageError."""
         return self._views(load_image(source))
 
+    def reads(self, source: ImageSource) -> list[Read]:
+        """What ``predict`` reads an image at, in order (each read one view, or views decoded together);
+        raises ImageError."""
+        return self._reads(self.views(source))
+
     def decode(
-        self, arrays: Sequence[np.ndarray], beam: int = DEFAULT_BEAM, batch_size: int = 16
+        self,
+        arrays: Sequence[np.ndarray | Sequence[np.ndarray]],
+        beam: int = DEFAULT_BEAM,
+        batch_size: int = 16,
     ) -> list[Prediction]:
-        """Read preprocessed (H, W) arrays (ink = 1) as they are: no routing, no second read."""
-        results = [Prediction(image=None, image_size=(a.shape[0], a.shape[1])) for a in arrays]
-        self._decode_sorted(results, list(arrays), beam, False, max(1, batch_size))
+        """Read preprocessed (H, W) arrays (ink = 1) as they are: no routing, no second read. An item that is a
+        list of arrays (views of one image) is decoded as one ensemble."""
+        groups = [[a] if isinstance(a, np.ndarray) else list(a) for a in arrays]
+        results = [Prediction(image=None, image_size=(g[0].shape[0], g[0].shape[1])) for g in groups]
+        reads = [tuple(View(a, None, math.nan) for a in g) for g in groups]  # decoding needs the pixels only
+        self._decode_sorted(results, reads, beam, False, max(1, batch_size))
         return results
 
     def _views(self, image: Any) -> list[View]:
@@ -287,13 +301,13 @@ class Predictor:
         """Preprocess every image once, decode them in batches of similar width, read the unsure ones again in
         their further views, return them in input order."""
         results: list[Prediction] = []
-        ready: list[tuple[int, np.ndarray]] = []
-        others: dict[int, list[View]] = {}  # the views for reading again
+        ready: list[tuple[int, Read]] = []
+        others: dict[int, list[Read]] = {}  # what an unsure image is read again at
         for i, source in enumerate(sources):
             name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", None)
             start = time.perf_counter()
             try:
-                first, *more = self._views(load_image(source))
+                first, *more = self._reads(self._views(load_image(source)))
             except ImageError as exc:
                 message = str(exc)
                 if name and message.startswith(f"{name}: "):  # the path is in the "image" field already
@@ -304,7 +318,7 @@ class Predictor:
             if more:
                 others[len(results)] = more
             results.append(self._prediction_for(name, ms, first))
-            ready.append((i, first.pixels))
+            ready.append((i, first))
         self._decode_sorted(
             [results[i] for i, _ in ready], [p for _, p in ready], beam, attention, batch_size
         )
@@ -316,7 +330,7 @@ class Predictor:
             if not unsure:
                 break
             again = [self._prediction_for(results[i].image, results[i].ms, others[i][k]) for i in unsure]
-            self._decode_sorted(again, [others[i][k].pixels for i in unsure], beam, attention, batch_size)
+            self._decode_sorted(again, [others[i][k] for i in unsure], beam, attention, batch_size)
             for i, read in zip(unsure, again, strict=True):
                 if read.confidence > results[i].confidence:
                     results[i] = read
@@ -324,36 +338,54 @@ class Predictor:
                     results[i].ms = read.ms
         return results
 
+    def _reads(self, views: list[View]) -> list[Read]:
+        """What an image is read at, in order: with second reads on and the router calling it print, first its
+        printed view and the zoomed one decoded together (an ensemble), then the other scale; otherwise each view
+        alone (benchmarks/scale_views.py measured the ensemble)."""
+        if len(views) == 3 and views[0].handwritten is False:
+            return [(views[0], views[2]), (views[1],)]
+        return [(view,) for view in views]
+
     @staticmethod
-    def _prediction_for(name: str | None, ms: float, view: View) -> Prediction:
-        """The Prediction a read of ``view`` will fill in."""
+    def _prediction_for(name: str | None, ms: float, read: Read) -> Prediction:
+        """The Prediction a read will fill in (a read of several views says its first view's size and scale)."""
+        view = read[0]
         size = (view.pixels.shape[0], view.pixels.shape[1])
         return Prediction(
             image=name, ms=ms, image_size=size, handwritten=view.handwritten, glyph_height=view.glyph_height
         )
 
     def _decode_sorted(
-        self, results: list[Prediction], arrays: list[np.ndarray], beam: int, attention: bool, batch_size: int
+        self, results: list[Prediction], reads: list[Read], beam: int, attention: bool, batch_size: int
     ) -> None:
-        """Decode images in batches of similar width and fill in their Predictions."""
+        """Decode reads in batches of similar width (and as many views) and fill in their Predictions."""
         # Similar widths together: less padding, so less encoder work and cleaner attention.
-        order = sorted(range(len(arrays)), key=lambda k: (arrays[k].shape[1], arrays[k].shape[0]))
-        for first in range(0, len(order), batch_size):
-            chunk = order[first : first + batch_size]
-            self._decode_batch([results[k] for k in chunk], [arrays[k] for k in chunk], beam, attention)
+        order = sorted(
+            range(len(reads)),
+            key=lambda k: (len(reads[k]), reads[k][0].pixels.shape[1], reads[k][0].pixels.shape[0]),
+        )
+        chunk: list[int] = []
+        for k in order:
+            if chunk and (len(chunk) == batch_size or len(reads[k]) != len(reads[chunk[0]])):
+                self._decode_batch([results[j] for j in chunk], [reads[j] for j in chunk], beam, attention)
+                chunk = []
+            chunk.append(k)
+        if chunk:
+            self._decode_batch([results[j] for j in chunk], [reads[j] for j in chunk], beam, attention)
 
-    def _decode_batch(
-        self, results: list[Prediction], arrays: list[np.ndarray], beam: int, attention: bool
-    ) -> None:
-        """Decode one batch and fill in its Predictions."""
+    def _decode_batch(self, results: list[Prediction], reads: list[Read], beam: int, attention: bool) -> None:
+        """Decode one batch of reads (each of as many views) and fill in their Predictions."""
         start = time.perf_counter()
+        arrays = [read[0].pixels for read in reads]
         images, sizes = batch_images(arrays)
+        others = [batch_images([read[j].pixels for read in reads])[0] for j in range(1, len(reads[0]))]
+        model = ViewEnsemble(self.model, others) if others else self.model
         options = {"max_len": self.max_len, "vocab": self.vocab, "return_attention": attention}
         with torch.inference_mode():
             if beam == 1:
-                nbest = [[h] for h in greedy_decode(self.model, images, **options)]
+                nbest = [[h] for h in greedy_decode(model, images, **options)]
             else:
-                nbest = beam_search(self.model, images, beam, length_penalty=self.length_penalty, **options)
+                nbest = beam_search(model, images, beam, length_penalty=self.length_penalty, **options)
         share = (time.perf_counter() - start) * 1000 / len(arrays)
         for result, pixels, size, hyps in zip(results, arrays, sizes, nbest, strict=True):
             result.tokens, result.token_confidences, result.attention = self._describe(
