@@ -131,7 +131,9 @@ def read_preprocess_config(model_dir: Path) -> PreprocessConfig:
 LENGTH_PENALTY = 0.5  # beam search's length normalisation (GNMT alpha), chosen by benchmarks/beam_alpha.py
 # A read at the router's scale less sure than this is read again, at the other scale (a model with a router and a
 # handwriting glyph height) and, if still unsure, at the router's scale zoomed by SECOND_READ_ZOOM; the surest read
-# is kept. The zoom was found by benchmarks/scale_views.py, the threshold chosen by benchmarks/second_read.py.
+# is kept. Print (the router's call) is read first at its scale and zoomed together, an ensemble whose
+# log-probabilities are averaged at every step, then at the other scale if unsure. The zoom and the ensemble were
+# found by benchmarks/scale_views.py, the threshold chosen by benchmarks/second_read.py.
 SECOND_READ_BELOW = 0.88
 SECOND_READ_ZOOM = 1.12
 
@@ -145,7 +147,9 @@ class Predictor:
     A model with a router reads each image at the scale the router picks (printed or handwriting glyph height);
     a read whose confidence is below ``second_read_below`` is repeated at the other scale and at the router's
     scale zoomed by ``second_read_zoom`` (a model without a router: the zoomed scale only), and the surest read
-    is kept. ``second_read=False`` (or a threshold of ``None`` or 0) reads once, at the router's scale.
+    is kept; print is read first at its scale and zoomed together (one ensemble read, ``reads()``), then at the
+    other scale if unsure. ``second_read=False`` (or a threshold of ``None`` or 0) reads once, at the router's
+    scale.
     """
 
     def __init__(
