@@ -8,8 +8,11 @@ from number 5,000) and of CROHME 2014 *train* (the handwriting stand-in; the mod
 row as an upper bound) in several views: 0 = the router's scale, 1 = the other scale (printed / handwriting), then
 the router's scale times each of ``--factors``. It prints each view's exact match, the exact match of keeping the
 most confident read of some views (``surest of``), and of decoding an ensemble of views (``--ensembles``: the
-log-probabilities of the views averaged at every step, so all of them are decoded together). This is how
-``texlens.predictor.SECOND_READ_ZOOM`` was found; ``benchmarks/second_read.py`` then chose the policy.
+log-probabilities of the views averaged at every step, so all of them are decoded together), and the second-read
+policies (``views 0,1,2``: the views in turn while unsure, texlens before ensembles; ``texlens now``: print read
+as ensemble 0+2, then view 1 if unsure, handwriting as before; decodings per image in brackets). This is how
+``texlens.predictor.SECOND_READ_ZOOM`` and the ensemble reads for print were found; ``benchmarks/second_read.py``
+chose the threshold. ``--save`` keeps every read's correctness and confidence per image (numpy .npz).
 """
 
 from __future__ import annotations
@@ -60,6 +63,25 @@ def decode(predictor: Predictor, views: list[list[np.ndarray]], beam: int) -> li
     return out
 
 
+def sequential(
+    ok: dict[str, np.ndarray], conf: dict[str, np.ndarray], keys: list[str], below: float = SECOND_READ_BELOW
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: is the kept read right when the reads ``keys`` are made in turn while the surest so far is below
+    ``below`` (the surest kept), and how many decodings that took (an ensemble of n views counts n)."""
+    best, right = conf[keys[0]].copy(), ok[keys[0]].copy()
+
+    def cost(key: str) -> int:  # "ensemble 0+2" decodes two views
+        return len(key.split(" ")[1].split("+")) if key.startswith("ensemble") else 1
+
+    decodings = np.full(len(best), float(cost(keys[0])))
+    for key in keys[1:]:
+        again = best < below
+        decodings += again * cost(key)
+        better = again & (conf[key] > best)
+        best[better], right[better] = conf[key][better], ok[key][better]
+    return right, decodings
+
+
 def main() -> None:
     """Read the sets in every view and ensemble, print the exact matches."""
     parser = tuning_parser(__doc__)
@@ -71,7 +93,7 @@ def main() -> None:
     parser.add_argument("--ensembles", default="0+2,0+2+3,0+1+2", help="views decoded together, e.g. 0+2")
     parser.add_argument("--save", help="write every read's correctness and confidence per image to this .npz")
     args = parser.parse_args()
-    factors = [float(f) for f in args.factors.split(",")]
+    factors = [float(f) for f in args.factors.split(",") if f]
     ensembles = [[int(v) for v in e.split("+")] for e in args.ensembles.split(",") if e]
 
     predictor = Predictor(args.model)
@@ -128,18 +150,17 @@ def main() -> None:
             row["surest of " + ",".join(k[-1] for k in keys)] = (
                 f"{np.stack([ok[k] for k in keys])[pick, np.arange(len(refs))].mean():.1%}"
             )
-        # The shipped policy (view 0, then 1, then 2 while the surest read is below SECOND_READ_BELOW) against
-        # reading an unsure image once more as an ensemble instead.
-        best, best_ok = conf["view 0"].copy(), ok["view 0"].copy()
-        for j in (1, 2):
-            again = best < SECOND_READ_BELOW
-            better = again & (conf[f"view {j}"] > best)
-            best[better], best_ok[better] = conf[f"view {j}"][better], ok[f"view {j}"][better]
-        row[f"shipped (again < {SECOND_READ_BELOW})"] = f"{best_ok.mean():.1%}"
-        unsure = conf["view 0"] < SECOND_READ_BELOW
-        for key in [k for k in reads if k.startswith("ensemble")]:
-            row[f"{key} if unsure"] = f"{np.where(unsure, ok[key], ok['view 0']).mean():.1%}"
-        row["unsure share"] = f"{unsure.mean():.1%}"
+        # Second-read policies: views 0, 1, 2 in turn while the surest read is below SECOND_READ_BELOW (texlens
+        # before ensembles), and texlens now (print: ensemble 0+2, then view 1; handwriting as before).
+        # (Decodings per image in brackets.) View 2 is the first --factors zoom; SECOND_READ_ZOOM for texlens's.
+        if len(singles) > 2:
+            before_ok, before_n = sequential(ok, conf, ["view 0", "view 1", "view 2"])
+            row[f"views 0,1,2 (< {SECOND_READ_BELOW})"] = f"{before_ok.mean():.1%} ({before_n.mean():.2f})"
+            if "ensemble 0+2" in ok:
+                hw = np.array(called)
+                print_ok, print_n = sequential(ok, conf, ["ensemble 0+2", "view 1"])
+                now_ok, now_n = np.where(hw, before_ok, print_ok), np.where(hw, before_n, print_n)
+                row["texlens now"] = f"{now_ok.mean():.1%} ({now_n.mean():.2f})"
         print(f"{name} ({len(refs)} images, beam {args.beam}, factors {factors}):")
         for key, value in row.items():
             print(f"  {key:>20}: {value}")
