@@ -109,9 +109,9 @@ def build_datasets(
 
     ``train_synth`` renders ``synth`` formulas recombined from every printed training formula (mostly
     ``cn_math``'s), ``train_synth_im`` ``synth_im`` recombined from the IM2LATEX training part's alone (arXiv
-    notation, longer formulas). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX training formulas (a seeded sample)
-    in ``more_fonts``, shapes the other sets never show; ``train_fonts2`` another sample of ``extra_fonts_count``
-    in ``extra_fonts``. ``only`` names the sets to write (None: all of them).
+    notation, longer formulas). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX
+    training formulas (a seeded sample) in ``more_fonts``, shapes the other sets never show; ``train_fonts2``
+    another sample of ``extra_fonts_count`` in ``extra_fonts``. ``only`` names the sets to write (None: all).
     """
     shared, out = Path(shared), Path(out)
     report = BuildReport()
