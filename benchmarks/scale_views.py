@@ -22,45 +22,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from _shared import tuning_parser, tuning_split
 
 from texlens.data.formats import read_dataset
-from texlens.decoding import ViewEnsemble, beam_search, confidence, greedy_decode
 from texlens.evaluate import canonical_tokens
-from texlens.image import ImageError, InkCrop, batch_images, load_image
-from texlens.latex import SPECIAL_TOKENS
+from texlens.image import ImageError, InkCrop, load_image
 from texlens.predictor import SECOND_READ_BELOW, Predictor
 
 
 def decode(predictor: Predictor, views: list[list[np.ndarray]], beam: int) -> list[tuple[list[str], float]]:
     """(tokens, confidence) per image; each image's list of views is decoded as one ensemble (one view: alone)."""
-    order = sorted(range(len(views)), key=lambda k: views[k][0].shape[1])
-    out: list = [None] * len(views)
-    options = {"max_len": predictor.max_len, "vocab": predictor.vocab, "return_attention": False}
-    for first in range(0, len(order), 16):
-        chunk = order[first : first + 16]
-        batches = [batch_images([views[k][j] for k in chunk])[0] for j in range(len(views[chunk[0]]))]
-        model = predictor.model if len(batches) == 1 else ViewEnsemble(predictor.model, batches[1:])
-        with torch.inference_mode():
-            if beam == 1:
-                hyps = greedy_decode(model, batches[0], **options)
-            else:
-                hyps = [
-                    h[0]
-                    for h in beam_search(
-                        model, batches[0], beam, length_penalty=predictor.length_penalty, **options
-                    )
-                ]
-        for k, hyp in zip(chunk, hyps, strict=True):
-            ids = (
-                hyp.ids[: hyp.ids.index(predictor.vocab.end_id)]
-                if predictor.vocab.end_id in hyp.ids
-                else hyp.ids
-            )
-            tokens = [predictor.vocab.itos[i] for i in ids if i >= len(SPECIAL_TOKENS)]
-            out[k] = (tokens, confidence(hyp))
-    return out
+    return [(r.tokens, r.confidence) for r in predictor.decode(views, beam=beam)]
 
 
 def sequential(
