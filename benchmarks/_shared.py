@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from texlens.data.formats import read_dataset
 from texlens.image import ImageError, preprocess
@@ -49,6 +50,27 @@ def first_readable(paths: Iterable[Path], n: int) -> list[Path]:
             continue
         readable.append(path)
     return readable
+
+
+def read_in_turn(
+    ok: Mapping[Hashable, np.ndarray],
+    conf: Mapping[Hashable, np.ndarray],
+    order: Sequence[Hashable],
+    below: float,
+    cost: Mapping[Hashable, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the Predictor's second reads give, scored from reads already made: per image, whether the kept read is
+    right when the reads of ``order`` are made in turn while the surest so far is less sure than ``below`` (the
+    surest kept), and the decodings that took (``cost`` per read, default 1; an ensemble of two views costs 2)."""
+    cost = cost or {}
+    best, right = conf[order[0]].copy(), ok[order[0]].copy()
+    decodings = np.full(len(best), float(cost.get(order[0], 1)))
+    for key in order[1:]:
+        again = best < below
+        decodings += again * cost.get(key, 1)
+        better = again & (conf[key] > best)
+        best[better], right[better] = conf[key][better], ok[key][better]
+    return right, decodings
 
 
 def tuning_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from _shared import tuning_parser, tuning_split
+from _shared import read_in_turn, tuning_parser, tuning_split
 
 from texlens.data.formats import read_dataset
 from texlens.evaluate import canonical_tokens
@@ -33,25 +33,6 @@ from texlens.predictor import SECOND_READ_BELOW, Predictor
 def decode(predictor: Predictor, views: list[list[np.ndarray]], beam: int) -> list[tuple[list[str], float]]:
     """(tokens, confidence) per image; each image's list of views is decoded as one ensemble (one view: alone)."""
     return [(r.tokens, r.confidence) for r in predictor.decode(views, beam=beam)]
-
-
-def sequential(
-    ok: dict[str, np.ndarray], conf: dict[str, np.ndarray], keys: list[str], below: float = SECOND_READ_BELOW
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: is the kept read right when the reads ``keys`` are made in turn while the surest so far is below
-    ``below`` (the surest kept), and how many decodings that took (an ensemble of n views counts n)."""
-    best, right = conf[keys[0]].copy(), ok[keys[0]].copy()
-
-    def cost(key: str) -> int:  # "ensemble 0+2" decodes two views
-        return len(key.split(" ")[1].split("+")) if key.startswith("ensemble") else 1
-
-    decodings = np.full(len(best), float(cost(keys[0])))
-    for key in keys[1:]:
-        again = best < below
-        decodings += again * cost(key)
-        better = again & (conf[key] > best)
-        best[better], right[better] = conf[key][better], ok[key][better]
-    return right, decodings
 
 
 def main() -> None:
@@ -126,11 +107,16 @@ def main() -> None:
         # before ensembles), and texlens now (print: ensemble 0+2, then view 1; handwriting as before).
         # (Decodings per image in brackets.) View 2 is the first --factors zoom; SECOND_READ_ZOOM for texlens's.
         if len(singles) > 2:
-            before_ok, before_n = sequential(ok, conf, ["view 0", "view 1", "view 2"])
+            cost = {key: len(key.split(" ")[1].split("+")) for key in reads}  # "ensemble 0+2": two views
+            before_ok, before_n = read_in_turn(
+                ok, conf, ["view 0", "view 1", "view 2"], SECOND_READ_BELOW, cost
+            )
             row[f"views 0,1,2 (< {SECOND_READ_BELOW})"] = f"{before_ok.mean():.1%} ({before_n.mean():.2f})"
             if "ensemble 0+2" in ok:
                 hw = np.array(called)
-                print_ok, print_n = sequential(ok, conf, ["ensemble 0+2", "view 1"])
+                print_ok, print_n = read_in_turn(
+                    ok, conf, ["ensemble 0+2", "view 1"], SECOND_READ_BELOW, cost
+                )
                 now_ok, now_n = np.where(hw, before_ok, print_ok), np.where(hw, before_n, print_n)
                 row["texlens now"] = f"{now_ok.mean():.1%} ({now_n.mean():.2f})"
         print(f"{name} ({len(refs)} images, beam {args.beam}, factors {factors}):")

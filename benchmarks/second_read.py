@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _shared import tuning_parser, tuning_split
+from _shared import read_in_turn, tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
@@ -64,15 +64,10 @@ def read_views(predictor: Predictor, samples: list, beam: int) -> dict[str, np.n
 def reread(reads: dict[str, np.ndarray], order: list[int], below: float) -> tuple[float, float]:
     """(exact match, mean reads per image) when the views of ``order`` are read in turn while the surest read so
     far is less sure than ``below``, and the surest is kept (what the Predictor does)."""
-    conf, ok = reads[f"conf{order[0]}"].copy(), reads[f"ok{order[0]}"].copy()
-    count = np.ones(len(conf))
-    for k in order[1:]:
-        again = conf < below
-        count += again
-        better = again & (reads[f"conf{k}"] > conf)
-        ok = np.where(better, reads[f"ok{k}"], ok)
-        conf = np.where(better, reads[f"conf{k}"], conf)
-    return float(ok.mean()), float(count.mean())
+    ok = {k: reads[f"ok{k}"] for k in order}
+    conf = {k: reads[f"conf{k}"] for k in order}
+    right, count = read_in_turn(ok, conf, order, below)
+    return float(right.mean()), float(count.mean())
 
 
 def policies(reads: dict[str, np.ndarray], thresholds: list[float]) -> list[tuple[float, float]]:
