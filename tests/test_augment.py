@@ -113,3 +113,68 @@ def test_contact_sheet(samples: list[np.ndarray], tmp_path: Path) -> None:
     assert (pixels == 255).all(axis=2).mean() > 0.2  # white paper of the cells is visible
     raw = contact_sheet(samples[-2:], tmp_path / "raw.png", augment, n_variants=2, model_view=False)
     assert Image.open(raw).height >= sum(min(s.shape[0], 200) for s in samples[-2:])
+
+
+ONLY_SYMBOLS = AugmentConfig(
+    symbols_p=1.0, stroke_p=0, geometry_p=0, elastic_p=0, resolution_p=0, blur_p=0, paper_p=0, noise_p=0,
+    jpeg_p=0, invert_p=0,
+)  # fmt: skip
+
+
+def test_symbols_jitter_moves_each_symbol_a_little_and_keeps_them_all(samples: list[np.ndarray]) -> None:
+    import cv2
+
+    from texlens.image import analyse_ink
+
+    augment = build_augment(1.0, seed=9, config=ONLY_SYMBOLS)
+    for image in samples[-4:]:  # CROHME
+        before = analyse_ink(image)
+        out = augment(image)
+        after = analyse_ink(out)
+        assert out.shape == image.shape and not np.array_equal(out, before.grey)
+        ink_before, ink_after = (before.grey <= before.threshold).sum(), (after.grey <= after.threshold).sum()
+        assert 0.75 < ink_after / ink_before < 1.33  # symbols are resized by at most 12 %
+        # no symbol breaks up or vanishes; a few close ones may come to touch, as in anyone's handwriting
+        assert 2 * len(before.stats) / 3 <= len(after.stats) <= len(before.stats) + 1
+        # and where it was: the ink's bounding box moves by a fraction of the formula's height
+        box = [np.array(cv2.boundingRect((x.grey <= x.threshold).astype(np.uint8))) for x in (before, after)]
+        assert np.abs(box[0] - box[1]).max() <= 0.25 * box[0][3] + 3
+
+
+def test_symbols_jitter_keeps_a_fraction_bar_whole_and_level() -> None:
+    image = np.full((120, 220), 255, np.uint8)
+    image[60:63, 20:200] = 0  # a fraction bar, 180 px long
+    for x in (40, 80, 120):  # digits-sized blobs above and below it
+        image[25:50, x : x + 14] = 0
+        image[75:100, x : x + 14] = 0
+    augment = build_augment(1.0, seed=3, config=ONLY_SYMBOLS)
+    for _ in range(10):
+        out = augment(image)
+        bar = out[52:72] < 128
+        cols = np.flatnonzero(bar.any(axis=0))
+        assert cols[-1] - cols[0] >= 170  # not shrunk
+        rows = [np.flatnonzero(bar[:, c]).mean() for c in (cols[0] + 2, cols[-1] - 2)]
+        assert abs(rows[0] - rows[1]) <= 5  # turned by ~1 degree at most: its ends stay within the shift
+
+
+def test_print_perturbations_leave_symbols_in_place() -> None:
+    assert AugmentConfig().symbols_p == 0.0
+    from texlens.data.augment import HANDWRITING
+
+    assert HANDWRITING.symbols_p > 0 and HANDWRITING.elastic_p > AugmentConfig().elastic_p
+
+
+def test_cli_contact_sheet_shows_handwriting_perturbations(shared_data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from texlens.cli import app
+
+    captions = str(shared_data / "crohme" / "train_caption.txt")
+    out = tmp_path / "hand.png"
+    args = ["data", "contact-sheet", captions, str(out), "--rows", "2", "--kind", "handwriting"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).width > 200
+    result = CliRunner().invoke(app, [*args[:-1], "cursive"])
+    assert result.exit_code != 0 and "print or handwriting" in result.output
+    assert not (tmp_path / "cursive").exists()

@@ -259,20 +259,28 @@ def data_contact_sheet(
     rows: Annotated[int, typer.Option()] = 8,
     strength: Annotated[float, typer.Option(help="Augmentation strength (0 = none).")] = 1.0,
     seed: Annotated[int, typer.Option()] = 0,
+    kind: Annotated[
+        str, typer.Option(help="Perturbations: print, or handwriting (adds per-symbol jitter).")
+    ] = "print",
 ) -> None:
     """Draw originals and augmented variants side by side: what the model sees in training."""
     import random
 
     import numpy as np
 
-    from texlens.data.augment import build_augment, contact_sheet
+    from texlens.data.augment import HANDWRITING, build_augment, contact_sheet
+
+    if kind not in ("print", "handwriting"):
+        raise typer.BadParameter(f"--kind is print or handwriting, got {kind!r}")
     from texlens.data.formats import read_dataset
     from texlens.image import load_image
 
     samples = read_dataset(dataset)[0]
     picked = random.Random(seed).sample(samples, min(rows, len(samples)))
     images = [np.asarray(load_image(s.image)) for s in picked]
-    contact_sheet(images, out, build_augment(strength, seed=seed), labels=[s.latex for s in picked])
+    config = HANDWRITING if kind == "handwriting" else None
+    augment = build_augment(strength, seed=seed, config=config)
+    contact_sheet(images, out, augment, labels=[s.latex for s in picked])
     print(out)
 
 

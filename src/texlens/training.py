@@ -69,6 +69,9 @@ class DatasetSpec:
     offset: int = 0  # skip the first N samples (with limit: carve a held-out part out of a training set)
     name: str | None = None  # shown in logs; default: the folder name
     augment: float | None = None  # training sets only: own augmentation strength; default ``cfg.augment``
+    # Training sets only: "handwriting" adds per-symbol jitter and more elastic warps
+    # (``texlens.data.augment.HANDWRITING``); "print" is the default set of perturbations.
+    augment_kind: str = "print"
     # Handwriting (e.g. CROHME): read at ``preprocess.handwriting_glyph_height`` when that is set, and the
     # "handwritten" class when training the router (mode: router).
     handwritten: bool = False
@@ -382,22 +385,29 @@ def _val_subset(samples: list[Any], count: int) -> list[Any]:
 
 
 def _augmenters(cfg: TrainConfig) -> list[Any]:
-    """One augmentation per training set: sets of the same strength share one (so one random stream), a set's
-    own ``augment`` overrides the config's (e.g. stronger for the few handwritten formulas), 0 is none."""
-    from texlens.data.augment import build_augment
+    """One augmentation per training set: sets of the same strength and kind share one (so one random
+    stream), a set's own ``augment`` overrides the config's (e.g. stronger for the few handwritten formulas),
+    0 is none."""
+    from texlens.data.augment import HANDWRITING, build_augment
 
-    by_strength: dict[float, Any] = {}
+    kinds = {"print": None, "handwriting": HANDWRITING}
+    shared: dict[tuple[float, str], Any] = {}
     out = []
     for spec in cfg.train:
         strength = float(cfg.augment if spec.augment is None else spec.augment)
         if strength < 0:
             raise ValueError(f"augment must be >= 0, got {strength} for {spec.path}")
-        if strength > 0 and strength not in by_strength:
-            # The config's strength keeps the run's seed; each other strength gets its own stream. Every
+        if spec.augment_kind not in kinds:
+            raise ValueError(
+                f"augment_kind must be one of {sorted(kinds)}, got {spec.augment_kind!r} for {spec.path}"
+            )
+        key = (strength, spec.augment_kind)
+        if strength > 0 and key not in shared:
+            # The config's strength (print) keeps the run's seed; each other one gets its own stream. Every
             # augmenter re-seeds itself in each DataLoader worker and DDP process.
-            seed = cfg.seed if strength == cfg.augment else cfg.seed * 1009 + len(by_strength) + 1
-            by_strength[strength] = build_augment(strength, seed=seed)
-        out.append(by_strength.get(strength))
+            seed = cfg.seed if key == (cfg.augment, "print") else cfg.seed * 1009 + len(shared) + 1
+            shared[key] = build_augment(strength, seed=seed, config=kinds[spec.augment_kind])
+        out.append(shared.get(key))
     return out
 
 

@@ -60,6 +60,17 @@ class AugmentConfig:
     jpeg_p: float = 0.35
     jpeg_quality: int = 25  # lowest JPEG quality
     invert_p: float = 0.05  # light ink on dark ground (blackboard, dark-mode screenshot)
+    # Each symbol (connected piece of ink) moved, scaled and turned on its own: how one writer's formula
+    # differs from another's. Off by default (printed layout is exact); HANDWRITING turns it on.
+    symbols_p: float = 0.0
+    symbol_shift: float = 0.1  # largest shift, as a fraction of the glyph height
+    symbol_scale: float = 0.12  # largest relative size change
+    symbol_rotate_deg: float = 6.0
+
+
+# Handwritten training sets (``handwritten: true`` in a training config): symbols jitter independently and the
+# rubber-sheet warp comes more often; the rest as for print.
+HANDWRITING = AugmentConfig(symbols_p=0.6, elastic_p=0.35)
 
 
 def build_augment(
@@ -106,6 +117,8 @@ class Augmenter:
         out = info.grey
         background = int(round(info.background))
 
+        if self._p(cfg.symbols_p):
+            out = _symbols(out, info.threshold, rng, cfg, s, glyph, background)
         if self._p(cfg.stroke_p):
             out = _stroke_width(out, rng.uniform(-1.0, 1.0) * min(1.0, cfg.stroke_max * s), glyph)
         if self._p(cfg.geometry_p):
@@ -159,6 +172,60 @@ def _stroke_width(grey: np.ndarray, amount: float, glyph: float) -> np.ndarray:
         amount *= 0.35
     morphed = cv2.erode(grey, _KERNEL) if amount > 0 else cv2.dilate(grey, _KERNEL)
     return cv2.addWeighted(grey, 1.0 - abs(amount), morphed, abs(amount), 0.0)
+
+
+def _symbols(
+    grey: np.ndarray,
+    threshold: int,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    s: float,
+    glyph: float,
+    background: int,
+) -> np.ndarray:
+    """Move, scale and turn each connected piece of ink by its own small random amount, within the canvas.
+
+    Pieces are found on the ink mask grown by one pixel (so the anti-aliased fringe moves with its stroke
+    and touching strokes move together) and drawn back darkest-wins. Long pieces (fraction bars, radicals)
+    are not scaled and turn only as far as keeps their ends within the shift; specks stay where they are.
+    """
+    height, width = grey.shape
+    mask = cv2.dilate((grey <= threshold).astype(np.uint8), _KERNEL)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    out = np.full_like(grey, background)
+    shift_max = cfg.symbol_shift * s * glyph
+    for i in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        patch = np.where(labels[y : y + h, x : x + w] == i, grey[y : y + h, x : x + w], background)
+        patch = patch.astype(np.uint8)
+        size = max(w, h)
+        if area < 4 or size < 0.15 * glyph:
+            out[y : y + h, x : x + w] = np.minimum(out[y : y + h, x : x + w], patch)
+            continue
+        long = size > 2.0 * glyph
+        scale = 1.0 if long else 1.0 + rng.uniform(-1, 1) * cfg.symbol_scale * s
+        angle = rng.uniform(-1, 1) * cfg.symbol_rotate_deg * s
+        if long:  # the ends of a long bar move by about size/2 * angle: keep that within the shift
+            angle = float(np.clip(angle, -1, 1)) * min(1.0, np.rad2deg(shift_max / (size / 2)))
+        dx, dy = rng.uniform(-1, 1, 2) * shift_max
+        # Warp the piece about its centre into a canvas large enough for any of these turns and sizes.
+        pad = int(np.ceil(0.25 * size + 2))
+        src = cv2.copyMakeBorder(patch, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
+        centre = (src.shape[1] / 2, src.shape[0] / 2)
+        matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+        moved = cv2.warpAffine(
+            src, matrix, (src.shape[1], src.shape[0]), flags=cv2.INTER_LINEAR, borderValue=background
+        )
+        # Place it, shifted, clipped to the canvas (ink that would leave it is kept in by a smaller shift).
+        x0 = int(round(np.clip(x - pad + dx, -pad, width - w - pad)))
+        y0 = int(round(np.clip(y - pad + dy, -pad, height - h - pad)))
+        ox0, oy0 = max(0, x0), max(0, y0)
+        ox1, oy1 = min(width, x0 + moved.shape[1]), min(height, y0 + moved.shape[0])
+        if ox1 <= ox0 or oy1 <= oy0:
+            continue
+        region = moved[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
+        out[oy0:oy1, ox0:ox1] = np.minimum(out[oy0:oy1, ox0:ox1], region)
+    return out
 
 
 def _geometry(
