@@ -624,7 +624,8 @@ def test_handwritten_sets_can_have_handwriting_perturbations():
     from texlens.training import _augmenters
 
     cfg = load_config(
-        None, ["augment=1.0", "train=[a, {path: b, augment_kind: handwriting}, {path: c, augment_kind: print}]"]
+        None,
+        ["augment=1.0", "train=[a, {path: b, augment_kind: handwriting}, {path: c, augment_kind: print}]"],
     )
     a, b, c = _augmenters(cfg)
     assert a is c and a.config.symbols_p == 0.0 and a.seed == cfg.seed
