@@ -248,12 +248,12 @@ class Predictor:
     def views(self, source: ImageSource) -> list[View]:
         """Every view the model may read of an image, the router's scale first, then (with second reads on) the
         other scale and the zoomed one; raises ImageError."""
-        return self._views(load_image(source))
+        return self._look(load_image(source))[0]
 
     def reads(self, source: ImageSource) -> list[Read]:
         """What ``predict`` reads an image at, in order (each read one view, or views decoded together);
         raises ImageError."""
-        return self._reads(self.views(source))
+        return self._look(load_image(source))[1]
 
     def decode(
         self,
@@ -269,13 +269,15 @@ class Predictor:
         self._decode_sorted(results, reads, beam, False, max(1, batch_size))
         return results
 
-    def _views(self, image: Any) -> list[View]:
-        """The model's views of a loaded image, the router's scale first.
+    def _look(self, image: Any) -> tuple[list[View], list[Read]]:
+        """The model's views of a loaded image, the router's scale first, and the reads made of them in order.
 
         With second reads on, the later views are what an unsure first read is read again at: the other scale
         (printed or handwriting glyph height, with a router and a handwriting height), then the router's scale
-        zoomed by ``second_read_zoom``. The router reads the printed view (or its own preprocessing, if it
-        differs); the ink is found once.
+        zoomed by ``second_read_zoom``. Each view is read alone, in that order, except print (the router's call,
+        with both scales to choose from): its printed view and the zoomed one are decoded together (an
+        ensemble), then the other scale (benchmarks/scale_views.py measured this). The router reads the printed
+        view (or its own preprocessing, if it differs); the ink is found once.
         """
         cfg = self.preprocess_config
         ink = InkCrop.of(image)
@@ -289,14 +291,18 @@ class Predictor:
                 scales = [(cfg, handwritten)]
             else:
                 scales = [(cfg.for_handwriting(), True), (cfg, False)][:: 1 if handwritten else -1]
+        both_scales = len(scales) == 2
         if self.second_read_below <= 0:
             scales = scales[:1]
         else:
             scales.append((scales[0][0].zoomed(self.second_read_zoom), scales[0][1]))
-        return [
+        views = [
             View(printed if scale is cfg else ink.scaled(scale), hw, scale.target_glyph_height)
             for scale, hw in scales
         ]
+        if self.second_read_below > 0 and both_scales and views[0].handwritten is False:
+            return views, [(views[0], views[2]), (views[1],)]
+        return views, [(view,) for view in views]
 
     # --- internals --------------------------------------------------------------------------------------------
     def _predict_window(
@@ -311,7 +317,7 @@ class Predictor:
             name = str(source) if isinstance(source, (str, Path)) else getattr(source, "name", None)
             start = time.perf_counter()
             try:
-                first, *more = self._reads(self._views(load_image(source)))
+                first, *more = self._look(load_image(source))[1]
             except ImageError as exc:
                 message = str(exc)
                 if name and message.startswith(f"{name}: "):  # the path is in the "image" field already
@@ -341,14 +347,6 @@ class Predictor:
                 else:
                     results[i].ms = read.ms
         return results
-
-    def _reads(self, views: list[View]) -> list[Read]:
-        """What an image is read at, in order: with second reads on and the router calling it print, first its
-        printed view and the zoomed one decoded together (an ensemble), then the other scale; otherwise each view
-        alone (benchmarks/scale_views.py measured the ensemble)."""
-        if len(views) == 3 and views[0].handwritten is False:
-            return [(views[0], views[2]), (views[1],)]
-        return [(view,) for view in views]
 
     @staticmethod
     def _prediction_for(name: str | None, ms: float, read: Read) -> Prediction:
