@@ -28,6 +28,10 @@ def pick(rows: list[dict], how: str, n: int) -> list[dict]:
     return [rows[round(i * (len(rows) - 1) / (n - 1))] for i in range(n)]
 
 
+def _wrap(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, 110)) or "(empty)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,23 +53,35 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.1 * len(chosen)), squeeze=False)
-    for ax, row in zip(axes[:, 0], chosen, strict=True):
+    # Laid out top-down in inches: each example's three-part caption, then its image under it, so a long caption
+    # never runs into the image above (as subplots with fixed heights let it).
+    width, line, gap = 10.0, 0.125, 0.2
+    blocks = []
+    for row in chosen:
         with Image.open(row["image"]) as image:
-            ax.imshow(image.convert("L"), cmap="gray", aspect="equal")
+            grey = image.convert("L")
+        caption = (
+            f"{Path(row['image']).name}  (edit similarity {float(row['edit_similarity']):.2f})\n"
+            f"read:      {_wrap(row['prediction'])}\nreference: {_wrap(row['reference'])}"
+        )
+        image_h = min(1.6, (width - 0.2) * grey.height / grey.width)
+        blocks.append((caption, grey, caption.count("\n") + 1, image_h))
+    title_h = 0.4 if args.title else 0.0
+    total = title_h + sum(gap + lines * line + 0.05 + image_h for _, _, lines, image_h in blocks) + gap
+    fig = plt.figure(figsize=(width, total))
+    if args.title:
+        fig.suptitle(args.title, fontsize=10, y=1 - 0.15 / total)
+    y = total - title_h
+    for caption, grey, lines, image_h in blocks:
+        y -= gap
+        fig.text(0.1 / width, y / total, caption, va="top", ha="left", fontsize=7, family="monospace")
+        y -= lines * line + 0.05
+        ax = fig.add_axes((0.1 / width, (y - image_h) / total, 1 - 0.2 / width, image_h / total))
+        ax.imshow(grey, cmap="gray", aspect="equal")
+        ax.set_anchor("W")
         ax.set_xticks([])
         ax.set_yticks([])
-        wrap = lambda s: "\n".join(textwrap.wrap(s, 110)) or "(empty)"  # noqa: E731
-        ax.set_title(
-            f"{Path(row['image']).name}  (edit similarity {float(row['edit_similarity']):.2f})\n"
-            f"read:      {wrap(row['prediction'])}\nreference: {wrap(row['reference'])}",
-            fontsize=7,
-            loc="left",
-            family="monospace",
-        )
-    if args.title:
-        fig.suptitle(args.title, fontsize=10)
-    fig.tight_layout()
+        y -= image_h
     fig.savefig(args.out, dpi=110)
     print(f"{len(chosen)} examples drawn into {args.out}")
 
