@@ -176,5 +176,5 @@ def test_cli_contact_sheet_shows_handwriting_perturbations(shared_data: Path, tm
     assert result.exit_code == 0, result.output
     assert Image.open(out).width > 200
     result = CliRunner().invoke(app, [*args[:-1], "cursive"])
-    assert result.exit_code != 0 and "print or handwriting" in result.output
+    assert result.exit_code != 0 and "print, handwriting" in result.output
     assert not (tmp_path / "cursive").exists()

@@ -268,18 +268,17 @@ def data_contact_sheet(
 
     import numpy as np
 
-    from texlens.data.augment import HANDWRITING, build_augment, contact_sheet
-
-    if kind not in ("print", "handwriting"):
-        raise typer.BadParameter(f"--kind is print or handwriting, got {kind!r}")
+    from texlens.data.augment import AUGMENT_KINDS, build_augment, contact_sheet
     from texlens.data.formats import read_dataset
     from texlens.image import load_image
+
+    if kind not in AUGMENT_KINDS:
+        raise typer.BadParameter(f"--kind is one of {', '.join(AUGMENT_KINDS)}, got {kind!r}")
 
     samples = read_dataset(dataset)[0]
     picked = random.Random(seed).sample(samples, min(rows, len(samples)))
     images = [np.asarray(load_image(s.image)) for s in picked]
-    config = HANDWRITING if kind == "handwriting" else None
-    augment = build_augment(strength, seed=seed, config=config)
+    augment = build_augment(strength, seed=seed, config=AUGMENT_KINDS[kind])
     contact_sheet(images, out, augment, labels=[s.latex for s in picked])
     print(out)
 

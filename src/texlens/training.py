@@ -388,25 +388,24 @@ def _augmenters(cfg: TrainConfig) -> list[Any]:
     """One augmentation per training set: sets of the same strength and kind share one (so one random
     stream), a set's own ``augment`` overrides the config's (e.g. stronger for the few handwritten formulas),
     0 is none."""
-    from texlens.data.augment import HANDWRITING, build_augment
+    from texlens.data.augment import AUGMENT_KINDS, build_augment
 
-    kinds = {"print": None, "handwriting": HANDWRITING}
     shared: dict[tuple[float, str], Any] = {}
     out = []
     for spec in cfg.train:
         strength = float(cfg.augment if spec.augment is None else spec.augment)
         if strength < 0:
             raise ValueError(f"augment must be >= 0, got {strength} for {spec.path}")
-        if spec.augment_kind not in kinds:
+        if spec.augment_kind not in AUGMENT_KINDS:
             raise ValueError(
-                f"augment_kind must be one of {sorted(kinds)}, got {spec.augment_kind!r} for {spec.path}"
+                f"augment_kind must be one of {sorted(AUGMENT_KINDS)}, got {spec.augment_kind!r} for {spec.path}"
             )
         key = (strength, spec.augment_kind)
         if strength > 0 and key not in shared:
             # The config's strength (print) keeps the run's seed; each other one gets its own stream. Every
             # augmenter re-seeds itself in each DataLoader worker and DDP process.
             seed = cfg.seed if key == (cfg.augment, "print") else cfg.seed * 1009 + len(shared) + 1
-            shared[key] = build_augment(strength, seed=seed, config=kinds[spec.augment_kind])
+            shared[key] = build_augment(strength, seed=seed, config=AUGMENT_KINDS[spec.augment_kind])
         out.append(shared.get(key))
     return out
 

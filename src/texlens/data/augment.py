@@ -68,9 +68,11 @@ class AugmentConfig:
     symbol_rotate_deg: float = 6.0
 
 
-# Handwritten training sets (``handwritten: true`` in a training config): symbols jitter independently and the
+# For handwriting (``augment_kind: handwriting`` on a training set): symbols jitter independently and the
 # rubber-sheet warp comes more often; the rest as for print.
 HANDWRITING = AugmentConfig(symbols_p=0.6, elastic_p=0.35)
+# The kinds a training set (``augment_kind``) or ``texlens data contact-sheet --kind`` may name.
+AUGMENT_KINDS = {"print": AugmentConfig(), "handwriting": HANDWRITING}
 
 
 def build_augment(
