@@ -145,7 +145,7 @@ def test_each_training_set_can_have_its_own_augmentation_strength():
     assert c.strength == 1.0 and c.seed != a.seed
     assert all(x is None for x in _augmenters(load_config(None, ["augment=0", "train=[a, b]"])))
     with pytest.raises(ValueError, match="augment must be >= 0"):
-        _augmenters(load_config(None, ["train=[{path: a, augment: -1}]"]))
+        load_config(None, ["train=[{path: a, augment: -1}]"])  # fails as the config loads
 
 
 def test_init_from_takes_model_options_that_keep_the_weights():
@@ -630,5 +630,8 @@ def test_handwritten_sets_can_have_handwriting_perturbations():
     a, b, c = _augmenters(cfg)
     assert a is c and a.config == AugmentConfig() and a.seed == cfg.seed
     assert b is not a and b.config == HANDWRITING and b.strength == 1.0 and b.seed != a.seed
+    # A misspelt kind fails when the config loads, not when the data loaders are built.
     with pytest.raises(ValueError, match="augment_kind must be one of"):
-        _augmenters(load_config(None, ["train=[{path: a, augment_kind: cursive}]"]))
+        load_config(None, ["train=[{path: a, augment_kind: cursive}]"])
+    with pytest.raises(ValueError, match="augment must be >= 0"):
+        load_config(None, ["augment=-1"])

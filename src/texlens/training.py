@@ -173,6 +173,17 @@ class TrainConfig:
             raise ValueError(f"ema_decay is for supervised training; mode {self.mode} keeps plain weights")
         if self.val and not any(spec.select for spec in self.val):
             raise ValueError("every val set has select: false; at least one must choose the checkpoints")
+        from texlens.data.augment import AUGMENT_KINDS
+
+        if self.augment < 0:
+            raise ValueError(f"augment must be >= 0 (0 is off), got {self.augment}")
+        for spec in self.train:
+            if spec.augment is not None and spec.augment < 0:
+                raise ValueError(f"augment must be >= 0, got {spec.augment} for {spec.path}")
+            if spec.augment_kind not in AUGMENT_KINDS:
+                raise ValueError(
+                    f"augment_kind must be one of {sorted(AUGMENT_KINDS)}, got {spec.augment_kind!r} for {spec.path}"
+                )
 
     def selects(self, index: int) -> bool:
         """Whether validation set ``index`` counts in the mean that chooses checkpoints (``select``)."""
@@ -394,12 +405,6 @@ def _augmenters(cfg: TrainConfig) -> list[Any]:
     out = []
     for spec in cfg.train:
         strength = float(cfg.augment if spec.augment is None else spec.augment)
-        if strength < 0:
-            raise ValueError(f"augment must be >= 0, got {strength} for {spec.path}")
-        if spec.augment_kind not in AUGMENT_KINDS:
-            raise ValueError(
-                f"augment_kind must be one of {sorted(AUGMENT_KINDS)}, got {spec.augment_kind!r} for {spec.path}"
-            )
         key = (strength, spec.augment_kind)
         if strength > 0 and key not in shared:
             # The config's strength (print) keeps the run's seed; each other one gets its own stream. Every
