@@ -291,16 +291,17 @@ class Predictor:
                 scales = [(cfg, handwritten)]
             else:
                 scales = [(cfg.for_handwriting(), True), (cfg, False)][:: 1 if handwritten else -1]
-        both_scales = len(scales) == 2
+        ensemble = False  # print, with both scales to choose from: its view and the zoomed one read together
         if self.second_read_below <= 0:
             scales = scales[:1]
         else:
+            ensemble = len(scales) == 2 and scales[0][1] is False
             scales.append((scales[0][0].zoomed(self.second_read_zoom), scales[0][1]))
         views = [
             View(printed if scale is cfg else ink.scaled(scale), hw, scale.target_glyph_height)
             for scale, hw in scales
         ]
-        if self.second_read_below > 0 and both_scales and views[0].handwritten is False:
+        if ensemble:
             return views, [(views[0], views[2]), (views[1],)]
         return views, [(view,) for view in views]
 
