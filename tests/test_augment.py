@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,42 @@ def test_cli_contact_sheet_shows_handwriting_perturbations(shared_data: Path, tm
     result = CliRunner().invoke(app, [*args[:-1], "cursive"])
     assert result.exit_code != 0 and "print, handwriting" in result.output
     assert not (tmp_path / "cursive").exists()
+
+
+def test_print_stroke_weight_never_passes_regular_type_for_bold_or_bold_for_regular(
+    tex_available: bool,
+) -> None:
+    """Bold Computer Modern carries ~45 % more ink than regular; thicker or thinner strokes must not cross that
+    line at any size, or the model learns that heavy type is not bold (it read 6 of 38 bold IM2LATEX formulas
+    when print perturbations could add a full 3x3 step)."""
+    from texlens.data.augment import HANDWRITING
+    from texlens.data.render import render_many_pixels
+
+    regular = r"E ( v ) = \frac { d } { d t } E ( q ) , \quad x _ { 2 } + 7 B"
+    bold = r"\mathbf { E } ( \mathbf { v } ) = \frac { \mathbf { d } } { \mathbf { d } t } \mathbf { E } ( \mathbf { q } ) , \quad \mathbf { x } _ { \mathbf { 2 } } + \mathbf { 7 } \mathbf { B }"
+    only_strokes = AugmentConfig(
+        stroke_p=1.0,
+        geometry_p=0,
+        elastic_p=0,
+        resolution_p=0,
+        blur_p=0,
+        paper_p=0,
+        noise_p=0,
+        jpeg_p=0,
+        invert_p=0,
+    )
+
+    def ink(image: np.ndarray) -> float:
+        return float((255.0 - image.astype(np.float64)).sum() / 255.0)
+
+    for dpi in (110, 260):  # the training renders' range: glyphs of about 12 and 28 px
+        reg, bf = render_many_pixels([regular, bold], dpi=dpi)
+        assert ink(bf) > 1.35 * ink(reg)
+        augment = build_augment(1.0, seed=dpi, config=only_strokes)
+        heaviest = max(ink(augment(reg)) for _ in range(40))
+        lightest = min(ink(augment(bf)) for _ in range(40))
+        assert 1.05 * ink(reg) < heaviest < 0.85 * ink(bf)  # it does change the weight, but not to bold's
+        assert 1.2 * ink(reg) < lightest < 0.98 * ink(bf)
+        # Handwriting (no bold) takes a wider range.
+        wide = build_augment(1.0, seed=dpi, config=replace(only_strokes, stroke_max=HANDWRITING.stroke_max))
+        assert max(ink(wide(reg)) for _ in range(40)) > 1.25 * ink(reg)
