@@ -214,7 +214,8 @@ def test_router_learns_handwriting_from_print_and_the_predictor_uses_it(shared_d
     handwriting = crohme / "test_2014" / "RIT_2014_100_0.png"  # not among the 40 validation images
     printed = sorted((im2latex / "images_val").glob("*.png"))[400]
     # The router's scale alone (second reads: tests/test_second_read.py).
-    plain, routed = Predictor(bundled_without_router(tmp_path)), Predictor(model, second_read=False)
+    plain = Predictor(bundled_without_router(tmp_path), second_read=False)
+    routed = Predictor(model, second_read=False)
     hw_plain, hw_routed = plain.predict(handwriting), routed.predict(handwriting)
     pr_plain, pr_routed = plain.predict(printed), routed.predict(printed)
     assert hw_plain.handwritten is None and hw_plain.to_json()["handwritten"] is None
