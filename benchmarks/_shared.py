@@ -83,8 +83,9 @@ def tuning_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def tuning_split(datasets: str | Path, n: int) -> dict[str, list]:
-    """Set name -> ``n`` samples of the tuning split (see ``TUNING``); SystemExit if a set is missing or short."""
+def tuning_split(datasets: str | Path, n: int | None) -> dict[str, list]:
+    """Set name -> ``n`` samples of the tuning split (see ``TUNING``; None: all of it); SystemExit if a set is
+    missing or short."""
     split = {}
     for name, (folder, skip) in TUNING.items():
         path = Path(datasets) / folder
@@ -92,7 +93,7 @@ def tuning_split(datasets: str | Path, n: int) -> dict[str, list]:
             sys.exit(
                 f"{path}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
             )
-        samples = read_dataset(path)[0][skip : skip + n]
+        samples = read_dataset(path)[0][skip : None if n is None else skip + n]
         if not samples:
             sys.exit(f"{path}: no samples from number {skip} on; run `texlens data build` first")
         split[name] = samples

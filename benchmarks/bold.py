@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import numpy as np
-from _shared import TUNING, tuning_parser
+from _shared import tuning_parser, tuning_split
 from rich.console import Console
 from rich.table import Table
 
 from texlens.data.augment import HANDWRITING, AugmentConfig, build_augment
-from texlens.data.formats import read_dataset
 from texlens.data.render import render_many_pixels
 from texlens.image import analyse_ink, glyph_height_from_stats
 
@@ -86,13 +84,7 @@ def bold_table(model: str | None, datasets: str, n: int) -> Table:
     table = Table(title=f"Bold on the tuning split (model: {model or 'bundled'})")
     for column in ("data", "bold formulas", "bold read", "exact (bold)", "others", "bold invented"):
         table.add_column(column, justify="right")
-    for name, (folder, skip) in TUNING.items():
-        path = Path(datasets) / folder
-        if not path.is_dir():
-            sys.exit(
-                f"{path}: not found; run `texlens data build --shared ../shared/data --out datasets` first"
-            )
-        samples = read_dataset(path)[0][skip:]
+    for name, samples in tuning_split(datasets, None).items():
         bold = [s for s in samples if BOLD & set(s.latex.split())]
         plain = [s for s in samples if not BOLD & set(s.latex.split())][:n]
         read = {}
