@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from texlens.data.synth import SubexpressionPool, _groups, synthesize
+from texlens.data.synth import SubexpressionPool, _groups, synthesize, synthesize_words, text_words
 from texlens.latex import normalize, to_latex
 
 
@@ -25,3 +25,27 @@ def test_synthesize_real_formulas(shared_data) -> None:
     assert synthesize(formulas[50:], 50, seed=3, exclude=held_out) == out[:50]  # deterministic
     pool = SubexpressionPool(formulas)
     assert pool.by_role["script"] and pool.by_role["frac"] and pool.by_role["side"]
+
+
+def test_text_words_reads_upright_arguments_only() -> None:
+    tokens = r"E _ { \mathrm { k i n } } = x \quad \text { f o r ~ a l l ~ } y , \mathbf { v } \operatorname { T r }".split()
+    assert text_words(tokens) == ["kin", "for", "all", "Tr"]
+
+
+def test_synthesize_words_adds_upright_words_to_real_formulas(shared_data) -> None:
+    lines = (shared_data / "im2latex100k" / "val.formulas.norm.txt").read_text(encoding="utf-8").splitlines()
+    formulas = [normalize(x) for x in lines[:500] if x.strip()]
+    held_out = set(formulas[:50])
+    out = synthesize_words(formulas[50:], 200, seed=4, exclude=held_out)
+    assert len(out) == 200 and len(set(out)) == 200
+    assert not set(out) & set(formulas)
+    known = {w for f in formulas[50:] for w in text_words(f.split())}
+    new_words = set()
+    for f in out:
+        assert normalize(to_latex(f)) == f
+        words = text_words(f.split())
+        assert words, f  # every formula got words
+        new_words |= set(words) - known
+    # Mostly made-up words, read letter by letter: many, and all letters.
+    assert len(new_words) > 150 and all(w.isalpha() for w in new_words)
+    assert synthesize_words(formulas[50:], 40, seed=4, exclude=held_out) == out[:40]

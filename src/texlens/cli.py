@@ -299,6 +299,9 @@ def data_build(
     synth_im: Annotated[
         int, typer.Option(help="Formulas recombined from IM2LATEX training formulas only (train_synth_im).")
     ] = 20000,
+    words: Annotated[
+        int, typer.Option(help="Training formulas with upright words added (train_words).")
+    ] = 20000,
     more_fonts: Annotated[
         str | None, typer.Option(help="Fonts of train_fonts (default: texlens.data.render.MORE_FONTS).")
     ] = None,
@@ -325,6 +328,7 @@ def data_build(
             jobs=jobs,
             synth=synth,
             synth_im=synth_im,
+            words=words,
             more_fonts=more_fonts.split(",") if more_fonts else MORE_FONTS,
             more_fonts_count=more_fonts_count,
             extra_fonts=extra_fonts.split(",") if extra_fonts else EXTRA_FONTS,

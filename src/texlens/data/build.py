@@ -14,7 +14,7 @@ from pathlib import Path
 
 from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
 from texlens.data.render import EXTRA_FONTS, MAIN_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
-from texlens.data.synth import synthesize
+from texlens.data.synth import synthesize, synthesize_words
 from texlens.latex import to_latex
 
 # IM2LATEX validation images whose formula hashes into these buckets (of 10) are held back for validation.
@@ -24,6 +24,7 @@ SETS = (
     "train_cn_math",
     "train_synth",
     "train_synth_im",
+    "train_words",
     "train_im2latex_render",
     "train_fonts",
     "train_fonts2",
@@ -99,6 +100,7 @@ def build_datasets(
     seed: int = 0,
     synth: int = 30000,
     synth_im: int = 20000,
+    words: int = 20000,
     more_fonts: list[str] | tuple[str, ...] = MORE_FONTS,
     more_fonts_count: int = 24000,
     extra_fonts: list[str] | tuple[str, ...] = EXTRA_FONTS,
@@ -109,7 +111,9 @@ def build_datasets(
 
     ``train_synth`` renders ``synth`` formulas recombined from every printed training formula (mostly
     ``cn_math``'s), ``train_synth_im`` ``synth_im`` recombined from the IM2LATEX training part's alone (arXiv
-    notation, longer formulas). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX
+    notation, longer formulas). ``train_words`` renders ``words`` training formulas, half IM2LATEX's and half
+    cn_math's, with upright words added (labels, conditions; made-up words mostly, so they are read letter by
+    letter). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX
     training formulas (a seeded sample) in ``more_fonts``, shapes the other sets never show; ``train_fonts2``
     another sample of ``extra_fonts_count`` in ``extra_fonts``. ``only`` names the sets to write (None: all).
     """
@@ -177,6 +181,13 @@ def build_datasets(
             synthesize(im_formulas, synth_im, seed=seed + 5, exclude=held_out),
             fonts,
             seed + 5,
+        ),
+        # Words in upright text, on IM2LATEX and cn_math training formulas alike.
+        "train_words": lambda: (
+            synthesize_words(im_formulas, words // 2, seed=seed + 6, exclude=held_out)
+            + synthesize_words(train_formulas, words - words // 2, seed=seed + 7, exclude=held_out),
+            fonts,
+            seed + 6,
         ),
         # Other font shapes, on formulas the other sets also draw (a sample, so the set stays small).
         "train_fonts": lambda: (

@@ -22,6 +22,15 @@ FONTS = (r"\mathrm", r"\mathbf", r"\mathcal", r"\mathbb", r"\boldsymbol")
 SPACES = (r"\,", r"\;", r"\quad", r"\qquad", r"\!", "~")
 OPERATORS = ("sgn", "tr", "diag", "rank", "Res", "span", "erf", "Tr", "Im", "Re")
 WORDS = ("if", "for", "and", "const", "otherwise", "where", "max", "min", "eff", "tot")
+# Commands whose argument is upright text: words in formulas ("for", "unless", E_{kin}) are written in these.
+WORD_COMMANDS = (r"\mathrm", r"\mathrm", r"\text")
+# Made-up words are syllables of common English onsets, vowels and codas: letters to read one by one, not a
+# word to guess from the few that formulas use (a model that only knows those reads "gravity" as "exp ity").
+ONSETS = tuple("b c d f g h j k l m n p r s t v w z".split()) + tuple(
+    "st tr pl gr ch sh th br cl fr sp qu".split()
+)
+VOWELS = tuple("a e i o u y ea ou io ai".split())
+CODAS = ("", "", "", "n", "s", "t", "r", "l", "m", "ng", "ck", "nd", "st", "x")
 FENCES = (("(", ")"), ("[", "]"), (r"\{", r"\}"), ("|", "|"), (r"\langle", r"\rangle"))
 MATRICES = ("pmatrix", "bmatrix", "vmatrix", "matrix")
 
@@ -145,6 +154,110 @@ def dress(tokens: list[str], pool: SubexpressionPool, rng: random.Random) -> lis
     # Put the new piece beside the formula or in place of one of its sides.
     relation = rng.choice(["=", r"\leq", r"\approx", ",", r"\quad"])
     return [*tokens, relation, *new] if rng.random() < 0.5 else [*new, relation, *tokens]
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A pronounceable made-up word of one to three syllables."""
+    syllables = rng.choices((1, 2, 3), weights=(9, 8, 3))[0]
+    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables))
+
+
+def text_words(tokens: Sequence[str]) -> list[str]:
+    """Words of two or more letters in the upright-text arguments of canonical ``tokens``."""
+    words: list[str] = []
+    for start, end, _ in _groups(tokens):
+        if start >= 2 and tokens[start - 2] in (*WORD_COMMANDS, r"\textrm", r"\operatorname"):
+            letters = "".join(tokens[start:end]).replace("~", " ")
+            words += [w for w in letters.split() if len(w) >= 2 and w.isascii() and w.isalpha()]
+    return words
+
+
+def word_piece(rng: random.Random, known: Sequence[str], max_words: int = 3) -> list[str]:
+    """One to three words in an upright-text command, as canonical tokens (``\\mathrm { f o r ~ a l l }``): a
+    third of them words real formulas use (``known``), the others made up; some capitalised or in capitals."""
+    words = []
+    for _ in range(min(max_words, rng.choice((1, 1, 1, 2, 2, 3)))):
+        word = rng.choice(known) if known and rng.random() < 0.35 else pseudo_word(rng)
+        r = rng.random()
+        words.append(word.capitalize() if r < 0.15 else word.upper() if r < 0.22 and len(word) <= 5 else word)
+    letters = list("~".join(words))
+    if rng.random() < 0.2:
+        letters = ["~", *letters, "~"]
+    return [rng.choice(WORD_COMMANDS), "{", *letters, "}"]
+
+
+def add_words(tokens: list[str], rng: random.Random, known: Sequence[str]) -> list[str]:
+    """``tokens`` with words put where formulas have them: a label on a symbol's subscript or superscript
+    (``E _ { \\mathrm { k i n } }``), a condition after the formula (``, \\quad \\mathrm { i f } x > 0``) or
+    text before it."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        # A symbol with no script of its own, not itself a script, a command's argument or in a font command.
+        in_font = set()
+        for start, end, _ in _groups(tokens):
+            if start >= 2 and tokens[start - 2] in _FONT_COMMANDS:
+                in_font.update(range(start, end))
+        spots = [
+            i
+            for i, tok in enumerate(tokens)
+            if i not in in_font
+            and (tok.isalpha() and len(tok) == 1 or tok.startswith("\\") and tok[1:] in _GREEK)
+            and (i + 1 == len(tokens) or tokens[i + 1] not in ("_", "^"))
+            and (i == 0 or tokens[i - 1] not in ("_", "^") and not tokens[i - 1].startswith("\\"))
+            and (i < 2 or tokens[i - 1] != "{" or not tokens[i - 2].startswith("\\"))
+        ]
+        if spots:
+            i = rng.choice(spots) + 1
+            label = word_piece(rng, known, max_words=1)
+            return [*tokens[:i], rng.choice(("_", "_", "^")), "{", *label, "}", *tokens[i:]]
+    text = word_piece(rng, known)
+    if kind <= 1:
+        condition = [rng.choice((",", r"\quad", r"\qquad", "~", r"\;")), *text]
+        sides = [side for side in _sides(tokens) if len(side) <= 12]
+        if sides and rng.random() < 0.5:
+            condition += rng.choice(sides)
+        # Before the formula's closing punctuation, if it has one.
+        end = len(tokens) - (bool(tokens) and tokens[-1] in (",", ".", ";"))
+        return [*tokens[:end], *condition, *tokens[end:]]
+    return [*text, rng.choice(SPACES[:4]), *tokens]
+
+
+_FONT_COMMANDS = frozenset(
+    (*WORD_COMMANDS, *FONTS, *r"\textrm \operatorname \mathit \mathsf \mathtt \textbf \textit".split())
+)
+_GREEK = frozenset(
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau phi chi psi omega"
+    " Gamma Delta Theta Lambda Xi Pi Sigma Phi Psi Omega".split()
+)
+
+
+def synthesize_words(
+    formulas: Sequence[str], n: int, seed: int = 0, max_tokens: int = 150, exclude: Iterable[str] = ()
+) -> list[str]:
+    """``n`` new canonical formulas: canonical ``formulas`` with one or two pieces of upright text added (see
+    ``add_words``), none in ``exclude``."""
+    rng = random.Random(seed)
+    bases = [f.split() for f in formulas if f.strip()]
+    known = sorted({w for tokens in bases for w in text_words(tokens)})
+    banned = set(exclude) | set(formulas)
+    out: list[str] = []
+    seen: set[str] = set()
+    attempts = 0
+    while bases and len(out) < n and attempts < 20 * n:
+        attempts += 1
+        tokens = list(rng.choice(bases))
+        for _ in range(1 + (rng.random() < 0.25)):
+            tokens = add_words(tokens, rng, known)
+        if len(tokens) > max_tokens:
+            continue
+        try:
+            canonical = normalize(to_latex(tokens))
+        except LatexError:
+            continue
+        if canonical not in banned and canonical not in seen:
+            seen.add(canonical)
+            out.append(canonical)
+    return out
 
 
 def synthesize(
