@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from texlens.latex import LatexError, normalize, to_latex
 
@@ -231,23 +231,15 @@ _GREEK = frozenset(
 )
 
 
-def synthesize_words(
-    formulas: Sequence[str], n: int, seed: int = 0, max_tokens: int = 150, exclude: Iterable[str] = ()
-) -> list[str]:
-    """``n`` new canonical formulas: canonical ``formulas`` with one or two pieces of upright text added (see
-    ``add_words``), none in ``exclude``."""
-    rng = random.Random(seed)
-    bases = [f.split() for f in formulas if f.strip()]
-    known = sorted({w for tokens in bases for w in text_words(tokens)})
-    banned = set(exclude) | set(formulas)
+def _collect(make: Callable[[], list[str]], n: int, max_tokens: int, banned: set[str]) -> list[str]:
+    """Up to ``n`` distinct canonical formulas from calls of ``make`` (at most 20 calls per formula wanted), none in
+    ``banned``, none longer than ``max_tokens`` or rejected by the tokeniser."""
     out: list[str] = []
     seen: set[str] = set()
-    attempts = 0
-    while bases and len(out) < n and attempts < 20 * n:
-        attempts += 1
-        tokens = list(rng.choice(bases))
-        for _ in range(1 + (rng.random() < 0.25)):
-            tokens = add_words(tokens, rng, known)
+    for _ in range(20 * n):
+        if len(out) == n:
+            break
+        tokens = make()
         if len(tokens) > max_tokens:
             continue
         try:
@@ -258,6 +250,26 @@ def synthesize_words(
             seen.add(canonical)
             out.append(canonical)
     return out
+
+
+def synthesize_words(
+    formulas: Sequence[str], n: int, seed: int = 0, max_tokens: int = 150, exclude: Iterable[str] = ()
+) -> list[str]:
+    """``n`` new canonical formulas: canonical ``formulas`` with one or two pieces of upright text added (see
+    ``add_words``), none in ``exclude``."""
+    rng = random.Random(seed)
+    bases = [f.split() for f in formulas if f.strip()]
+    if not bases:
+        return []
+    known = sorted({w for tokens in bases for w in text_words(tokens)})
+
+    def make() -> list[str]:
+        tokens = list(rng.choice(bases))
+        for _ in range(1 + (rng.random() < 0.25)):
+            tokens = add_words(tokens, rng, known)
+        return tokens
+
+    return _collect(make, n, max_tokens, set(exclude) | set(formulas))
 
 
 def synthesize(
@@ -266,25 +278,14 @@ def synthesize(
     """``n`` new canonical formulas recombined from canonical ``formulas``, none in ``exclude``."""
     rng = random.Random(seed)
     pool = SubexpressionPool(formulas)
-    banned = set(exclude) | set(formulas)
-    out: list[str] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(out) < n and attempts < 20 * n:
-        attempts += 1
+
+    def make() -> list[str]:
         tokens = list(rng.choice(pool.formulas))
         r = rng.random()
         if r < 0.5:
             tokens = swap_groups(tokens, pool, rng, swaps=rng.randint(1, 3))
         if r > 0.3:
             tokens = dress(tokens, pool, rng)
-        if len(tokens) > max_tokens:
-            continue
-        try:
-            canonical = normalize(to_latex(tokens))
-        except LatexError:
-            continue
-        if canonical not in banned and canonical not in seen:
-            seen.add(canonical)
-            out.append(canonical)
-    return out
+        return tokens
+
+    return _collect(make, n, max_tokens, set(exclude) | set(formulas))
