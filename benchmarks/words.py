@@ -62,7 +62,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     predictor = Predictor(resolve_model_dir(args.model))
-    split = tuning_split(args.datasets, None)
+    split = None if args.reported else tuning_split(args.datasets, None)
     console = Console(width=None if sys.stdout.isatty() else 140)
 
     if args.reported:
@@ -74,17 +74,17 @@ def main() -> None:
     real = Table(title=f"Real words, {where} (model: {args.model or 'bundled'}, greedy)")
     for column in ("formulas with a word", "words read", "exact"):
         real.add_column(column, justify="right")
-    samples = [s for s in images if long_words(s.latex.split())]
+    samples = [(s, words) for s in images if (words := long_words(s.latex.split()))]
     real.add_row(
         *row(
             predictor,
-            [s.image for s in samples],
-            [s.latex.split() for s in samples],
-            [long_words(s.latex.split()) for s in samples],
+            [s.image for s, _ in samples],
+            [s.latex.split() for s, _ in samples],
+            [words for _, words in samples],
         )
     )
     console.print(real)
-    if args.reported:
+    if split is None:
         return
 
     made_up = Table(title="Made-up words added to tuning formulas, Computer Modern 200 dpi")

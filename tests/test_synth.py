@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from texlens.data.synth import SubexpressionPool, _groups, synthesize, synthesize_words, text_words
 from texlens.latex import normalize, to_latex
 
@@ -13,9 +15,14 @@ def test_groups_roles() -> None:
     assert (("2",), "script") in roles and (("x",), "arg") in roles
 
 
-def test_synthesize_real_formulas(shared_data) -> None:
+@pytest.fixture(scope="module")
+def formulas(shared_data) -> list[str]:
+    """The first 500 IM2LATEX validation formulas, canonical."""
     lines = (shared_data / "im2latex100k" / "val.formulas.norm.txt").read_text(encoding="utf-8").splitlines()
-    formulas = [normalize(x) for x in lines[:500] if x.strip()]
+    return [normalize(x) for x in lines[:500] if x.strip()]
+
+
+def test_synthesize_real_formulas(formulas: list[str]) -> None:
     held_out = set(formulas[:50])
     out = synthesize(formulas[50:], 300, seed=3, exclude=held_out)
     assert len(out) == 300 and len(set(out)) == 300
@@ -32,9 +39,7 @@ def test_text_words_reads_upright_arguments_only() -> None:
     assert text_words(tokens) == ["kin", "for", "all", "Tr"]
 
 
-def test_synthesize_words_adds_upright_words_to_real_formulas(shared_data) -> None:
-    lines = (shared_data / "im2latex100k" / "val.formulas.norm.txt").read_text(encoding="utf-8").splitlines()
-    formulas = [normalize(x) for x in lines[:500] if x.strip()]
+def test_synthesize_words_adds_upright_words_to_real_formulas(formulas: list[str]) -> None:
     held_out = set(formulas[:50])
     out = synthesize_words(formulas[50:], 200, seed=4, exclude=held_out)
     assert len(out) == 200 and len(set(out)) == 200

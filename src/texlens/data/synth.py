@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from texlens.latex import LatexError, normalize, to_latex
 
@@ -162,13 +162,20 @@ def pseudo_word(rng: random.Random) -> str:
     return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables))
 
 
+def _arguments_of(tokens: Sequence[str], commands: Iterable[str]) -> Iterator[tuple[int, int]]:
+    """(start, end) of the content of every braced argument of one of ``commands`` in ``tokens``."""
+    commands = frozenset(commands)
+    for start, end, _ in _groups(tokens):
+        if start >= 2 and tokens[start - 2] in commands:
+            yield start, end
+
+
 def text_words(tokens: Sequence[str]) -> list[str]:
     """Words of two or more letters in the upright-text arguments of canonical ``tokens``."""
     words: list[str] = []
-    for start, end, _ in _groups(tokens):
-        if start >= 2 and tokens[start - 2] in (*WORD_COMMANDS, r"\textrm", r"\operatorname"):
-            letters = "".join(tokens[start:end]).replace("~", " ")
-            words += [w for w in letters.split() if len(w) >= 2 and w.isascii() and w.isalpha()]
+    for start, end in _arguments_of(tokens, (*WORD_COMMANDS, r"\textrm", r"\operatorname")):
+        letters = "".join(tokens[start:end]).replace("~", " ")
+        words += [w for w in letters.split() if len(w) >= 2 and w.isascii() and w.isalpha()]
     return words
 
 
@@ -193,10 +200,7 @@ def add_words(tokens: list[str], rng: random.Random, known: Sequence[str]) -> li
     kind = rng.randrange(3)
     if kind == 0:
         # A symbol with no script of its own, not itself a script, a command's argument or in a font command.
-        in_font = set()
-        for start, end, _ in _groups(tokens):
-            if start >= 2 and tokens[start - 2] in _FONT_COMMANDS:
-                in_font.update(range(start, end))
+        in_font = {i for start, end in _arguments_of(tokens, _FONT_COMMANDS) for i in range(start, end)}
         spots = [
             i
             for i, tok in enumerate(tokens)
