@@ -20,6 +20,7 @@ SIZED = {
     "train_synth": ("--synth", 10),
     "train_synth_im": ("--synth-im", 7),
     "train_words": ("--words", 6),
+    "train_bold": ("--bold", 5),
     "train_fonts": ("--more-fonts-count", 8),
     "train_fonts2": ("--extra-fonts-count", 6),
 }
@@ -49,7 +50,7 @@ def _fonts(folder: Path) -> set[str]:
 
 
 def test_quick_build_writes_every_set_small(built: Path) -> None:
-    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 9 and len(VAL) == 3
+    assert sorted(p.name for p in built.iterdir()) == sorted(SETS) and len(TRAIN) == 10 and len(VAL) == 3
     for name in TRAIN + VAL:
         samples, issues = read_dataset(built / name)  # images checked: every label points at a picture
         assert not issues, (name, issues)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from texlens.data.synth import SubexpressionPool, _groups, synthesize, synthesize_words, text_words
+from texlens.data.synth import (
+    SubexpressionPool,
+    _groups,
+    embolden,
+    synthesize,
+    synthesize_bold,
+    synthesize_words,
+    text_words,
+)
 from texlens.latex import normalize, to_latex
 
 
@@ -54,3 +64,48 @@ def test_synthesize_words_adds_upright_words_to_real_formulas(formulas: list[str
     # Mostly made-up words, read letter by letter: many, and all letters.
     assert len(new_words) > 150 and all(w.isalpha() for w in new_words)
     assert synthesize_words(formulas[50:], 40, seed=4, exclude=held_out) == out[:40]
+
+
+BOLD = {r"\bf", r"\mathbf", r"\boldsymbol"}
+
+
+def test_embolden_sets_plain_symbols_in_bold_only() -> None:
+    tokens = r"\begin{array} { l c } x _ 1 & \mathrm { d } \alpha \hspace { 2 p t } \end{array}".split()
+    seen = set()
+    for seed in range(200):
+        for style in ("im", "cn"):
+            out = embolden(tokens, random.Random(seed), style)
+            text = " ".join(out)
+            # Never the array's column letters, an upright d or a length; Greek only with \boldsymbol, and a bare
+            # script's symbol in braces.
+            assert (
+                text.startswith(r"\begin{array} { l c }") and r"\mathrm { d }" in text and "{ 2 p t }" in text
+            )
+            assert r"\boldsymbol { \alpha }" in text or r" \alpha" in text
+            assert "_ 1" in text or "_ { " in text
+            assert normalize(to_latex(text)) == text.replace(
+                "_ 1", "_ { 1 }"
+            )  # parses; bare scripts stay bare
+            commands = [t for t in out if t in BOLD]
+            assert commands, text
+            seen.add((style, *sorted(set(commands))))
+    # IM2LATEX's style writes \bf and \mathbf, cn_math's never \bf.
+    assert any(r"\bf" in s for s in seen if s[0] == "im") and not any(
+        r"\bf" in s for s in seen if s[0] == "cn"
+    )
+    assert any(r"\boldsymbol" in s and r"\mathbf" in s for s in seen if s[0] == "cn")
+    assert embolden([r"\mathrm", "{", "d", "}"], random.Random(0)) == [r"\mathrm", "{", "d", "}"]
+
+
+def test_synthesize_bold_adds_bold_to_real_formulas(formulas: list[str]) -> None:
+    held_out = set(formulas[:50])
+    out = synthesize_bold(formulas[50:], 200, seed=5, exclude=held_out)
+    assert len(out) == 200 and len(set(out)) == 200 and not set(out) & set(formulas)
+    bases = {tuple(t for t in f.split() if t not in BOLD and t not in "{}") for f in formulas[50:]}
+    for f in out:
+        assert normalize(to_latex(f)) == f
+        tokens = f.split()
+        assert any(t in BOLD for t in tokens), f
+        # Bold commands and braces aside, a real formula: only bold was added.
+        assert tuple(t for t in tokens if t not in BOLD and t not in "{}") in bases, f
+    assert synthesize_bold(formulas[50:], 40, seed=5, exclude=held_out) == out[:40]

@@ -302,6 +302,9 @@ def data_build(
     words: Annotated[
         int, typer.Option(help="Training formulas with upright words added (train_words).")
     ] = 20000,
+    bold: Annotated[
+        int, typer.Option(help="Training formulas with symbols set in bold (train_bold).")
+    ] = 10000,
     more_fonts: Annotated[
         str | None, typer.Option(help="Fonts of train_fonts (default: texlens.data.render.MORE_FONTS).")
     ] = None,
@@ -329,6 +332,7 @@ def data_build(
             synth=synth,
             synth_im=synth_im,
             words=words,
+            bold=bold,
             more_fonts=more_fonts.split(",") if more_fonts else MORE_FONTS,
             more_fonts_count=more_fonts_count,
             extra_fonts=extra_fonts.split(",") if extra_fonts else EXTRA_FONTS,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from texlens.data.formats import LABELS_FILE, Sample, read_crohme, read_im2latex, write_folder
 from texlens.data.render import EXTRA_FONTS, MAIN_FONTS, MORE_FONTS, UNSEEN_FONTS, render_formulas
-from texlens.data.synth import synthesize, synthesize_words
+from texlens.data.synth import synthesize, synthesize_bold, synthesize_words
 from texlens.latex import to_latex
 
 # IM2LATEX validation images whose formula hashes into these buckets (of 10) are held back for validation.
@@ -25,6 +25,7 @@ SETS = (
     "train_synth",
     "train_synth_im",
     "train_words",
+    "train_bold",
     "train_im2latex_render",
     "train_fonts",
     "train_fonts2",
@@ -101,6 +102,7 @@ def build_datasets(
     synth: int = 30000,
     synth_im: int = 20000,
     words: int = 20000,
+    bold: int = 10000,
     more_fonts: list[str] | tuple[str, ...] = MORE_FONTS,
     more_fonts_count: int = 24000,
     extra_fonts: list[str] | tuple[str, ...] = EXTRA_FONTS,
@@ -113,7 +115,8 @@ def build_datasets(
     ``cn_math``'s), ``train_synth_im`` ``synth_im`` recombined from the IM2LATEX training part's alone (arXiv
     notation, longer formulas). ``train_words`` renders ``words`` training formulas, half IM2LATEX's and half
     cn_math's, with upright words added (labels, conditions; made-up words mostly, so they are read letter by
-    letter). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX
+    letter). ``train_bold`` renders ``bold`` of them, half each, with symbols set in bold the way each source writes
+    bold (IM2LATEX ``{ \\bf x }``, cn_math ``\\boldsymbol { x }``). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX
     training formulas (a seeded sample) in ``more_fonts``, shapes the other sets never show; ``train_fonts2``
     another sample of ``extra_fonts_count`` in ``extra_fonts``. ``only`` names the sets to write (None: all).
     """
@@ -188,6 +191,13 @@ def build_datasets(
             + synthesize_words(train_formulas, words - words // 2, seed=seed + 7, exclude=held_out),
             fonts,
             seed + 6,
+        ),
+        # Bold symbols, which IM2LATEX's small renders show only by their weight.
+        "train_bold": lambda: (
+            synthesize_bold(im_formulas, bold // 2, seed=seed + 8, style="im", exclude=held_out)
+            + synthesize_bold(train_formulas, bold - bold // 2, seed=seed + 9, style="cn", exclude=held_out),
+            fonts,
+            seed + 8,
         ),
         # Other font shapes, on formulas the other sets also draw (a sample, so the set stays small).
         "train_fonts": lambda: (

@@ -226,8 +226,63 @@ def add_words(tokens: list[str], rng: random.Random, known: Sequence[str]) -> li
     return [*text, rng.choice(SPACES[:4]), *tokens]
 
 
+def _symbol_spots(tokens: Sequence[str]) -> list[int]:
+    """Indices of the letters, digits and Greek letters of ``tokens`` that are plain math symbols: not in a font
+    command's argument (``\\mathrm { d }``) or a length (``\\hspace { 0 . 3 i n }``), not a command's bare
+    argument."""
+    in_font = {
+        i for start, end in _arguments_of(tokens, _FONT_COMMANDS | _NOT_MATH) for i in range(start, end)
+    }
+    return [
+        i
+        for i, tok in enumerate(tokens)
+        if i not in in_font
+        and (len(tok) == 1 and tok.isascii() and tok.isalnum() or tok.startswith("\\") and tok[1:] in _GREEK)
+        and (i == 0 or not tokens[i - 1].startswith("\\") or tokens[i - 1] in (r"\\", r"\bf"))
+    ]
+
+
+def embolden(tokens: list[str], rng: random.Random, style: str = "im") -> list[str]:
+    """``tokens`` with one or two of its symbols set in bold, as papers set vectors and sets: every occurrence of
+    the symbol (most often) or one of them. ``style`` "im" writes IM2LATEX's ``{ \\bf x }`` mostly (and
+    ``\\mathbf { x }``), "cn" cn_math's ``\\mathbf { x }`` and ``\\boldsymbol { x }``; Greek letters always take
+    ``\\boldsymbol``, the only one of these commands that makes them bold. Unchanged if there is no symbol."""
+    spots = _symbol_spots(tokens)
+    if not spots:
+        return tokens
+    chosen: set[int] = set()
+    for _ in range(1 + (rng.random() < 0.3)):
+        symbol = tokens[rng.choice(spots)]
+        same = [i for i in spots if tokens[i] == symbol]
+        chosen.update(same if rng.random() < 0.6 else [rng.choice(same)])
+    out: list[str] = []
+    for i, tok in enumerate(tokens):
+        if i not in chosen:
+            out.append(tok)
+            continue
+        alone = 0 < i < len(tokens) - 1 and tokens[i - 1] == "{" and tokens[i + 1] == "}"
+        if tok.startswith("\\"):
+            bold = [r"\boldsymbol", "{", tok, "}"]
+        elif style == "im" and rng.random() < 0.75:
+            # Alone in a group, IM2LATEX mostly writes _ { \bf i }, not _ { { \bf i } }.
+            bold = [r"\bf", tok] if alone and rng.random() < 0.7 else ["{", r"\bf", tok, "}"]
+        else:
+            bold = [
+                rng.choice((r"\mathbf", r"\boldsymbol") if style == "cn" else (r"\mathbf",)),
+                "{",
+                tok,
+                "}",
+            ]
+        # A bare script (x _ 1) takes its new argument in braces.
+        out += ["{", *bold, "}"] if out and out[-1] in ("_", "^") and bold[0] != "{" else bold
+    return out
+
+
 _FONT_COMMANDS = frozenset(
     (*WORD_COMMANDS, *FONTS, *r"\textrm \operatorname \mathit \mathsf \mathtt \textbf \textit".split())
+)
+_NOT_MATH = frozenset(
+    r"\hspace \vspace \kern \hskip \raisebox \rule \label \mbox \hbox \color \begin{array} \begin{tabular}".split()
 )
 _GREEK = frozenset(
     "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau phi chi psi omega"
@@ -274,6 +329,25 @@ def synthesize_words(
         return tokens
 
     return _collect(make, n, max_tokens, set(exclude) | set(formulas))
+
+
+def synthesize_bold(
+    formulas: Sequence[str],
+    n: int,
+    seed: int = 0,
+    style: str = "im",
+    max_tokens: int = 150,
+    exclude: Iterable[str] = (),
+) -> list[str]:
+    """``n`` new canonical formulas: canonical ``formulas`` with symbols set in bold (see ``embolden``), none in
+    ``exclude``."""
+    rng = random.Random(seed)
+    bases = [f.split() for f in formulas if f.strip()]
+    if not bases:
+        return []
+    return _collect(
+        lambda: embolden(list(rng.choice(bases)), rng, style), n, max_tokens, set(exclude) | set(formulas)
+    )
 
 
 def synthesize(
