@@ -94,7 +94,14 @@ def test_embolden_sets_plain_symbols_in_bold_only() -> None:
         r"\bf" in s for s in seen if s[0] == "cn"
     )
     assert any(r"\boldsymbol" in s and r"\mathbf" in s for s in seen if s[0] == "cn")
-    assert embolden([r"\mathrm", "{", "d", "}"], random.Random(0)) == [r"\mathrm", "{", "d", "}"]
+    # Nothing already bold or in another font is set in bold (again).
+    for fixed in (
+        r"\mathrm { d }",
+        r"{ \bf p } ^ { \prime }",
+        r"{ \rm d x }",
+        r"\boldsymbol { \alpha } { \cal L }",
+    ):
+        assert embolden(fixed.split(), random.Random(0)) == fixed.split()
 
 
 def test_synthesize_bold_adds_bold_to_real_formulas(formulas: list[str]) -> None:

@@ -228,17 +228,21 @@ def add_words(tokens: list[str], rng: random.Random, known: Sequence[str]) -> li
 
 def _symbol_spots(tokens: Sequence[str]) -> list[int]:
     """Indices of the letters, digits and Greek letters of ``tokens`` that are plain math symbols: not in a font
-    command's argument (``\\mathrm { d }``) or a length (``\\hspace { 0 . 3 i n }``), not a command's bare
-    argument."""
+    command's argument (``\\mathrm { d }``), a font switch's group (``{ \\bf p }``) or a length
+    (``\\hspace { 0 . 3 i n }``), not a command's bare argument."""
     in_font = {
         i for start, end in _arguments_of(tokens, _FONT_COMMANDS | _NOT_MATH) for i in range(start, end)
+    }
+    # A group that starts with a font switch ({ \bf x y }, { \rm d }) is in that font to its end.
+    in_font |= {
+        i for start, end, _ in _groups(tokens) if tokens[start] in _FONT_SWITCHES for i in range(start, end)
     }
     return [
         i
         for i, tok in enumerate(tokens)
         if i not in in_font
         and (len(tok) == 1 and tok.isascii() and tok.isalnum() or tok.startswith("\\") and tok[1:] in _GREEK)
-        and (i == 0 or not tokens[i - 1].startswith("\\") or tokens[i - 1] in (r"\\", r"\bf"))
+        and (i == 0 or not tokens[i - 1].startswith("\\") or tokens[i - 1] == r"\\")
     ]
 
 
@@ -281,6 +285,7 @@ def embolden(tokens: list[str], rng: random.Random, style: str = "im") -> list[s
 _FONT_COMMANDS = frozenset(
     (*WORD_COMMANDS, *FONTS, *r"\textrm \operatorname \mathit \mathsf \mathtt \textbf \textit".split())
 )
+_FONT_SWITCHES = frozenset(r"\bf \rm \it \cal \sf \tt \mit \bm \boldmath".split())
 _NOT_MATH = frozenset(
     r"\hspace \vspace \kern \hskip \raisebox \rule \label \mbox \hbox \color \begin{array} \begin{tabular}".split()
 )
