@@ -83,9 +83,8 @@ def test_embolden_sets_plain_symbols_in_bold_only() -> None:
             )
             assert r"\boldsymbol { \alpha }" in text or r" \alpha" in text
             assert "_ 1" in text or "_ { " in text
-            assert normalize(to_latex(text)) == text.replace(
-                "_ 1", "_ { 1 }"
-            )  # parses; bare scripts stay bare
+            # It parses, and a bare script stays bare unless its symbol was set in bold.
+            assert normalize(to_latex(text)) == text.replace("_ 1", "_ { 1 }")
             commands = [t for t in out if t in BOLD]
             assert commands, text
             seen.add((style, *sorted(set(commands))))

@@ -116,9 +116,10 @@ def build_datasets(
     notation, longer formulas). ``train_words`` renders ``words`` training formulas, half IM2LATEX's and half
     cn_math's, with upright words added (labels, conditions; made-up words mostly, so they are read letter by
     letter). ``train_bold`` renders ``bold`` of them, half each, with symbols set in bold the way each source writes
-    bold (IM2LATEX ``{ \\bf x }``, cn_math ``\\boldsymbol { x }``). ``train_fonts`` renders ``more_fonts_count`` of the cn_math and IM2LATEX
-    training formulas (a seeded sample) in ``more_fonts``, shapes the other sets never show; ``train_fonts2``
-    another sample of ``extra_fonts_count`` in ``extra_fonts``. ``only`` names the sets to write (None: all).
+    bold (IM2LATEX ``{ \\bf x }``, cn_math ``\\mathbf { x }`` and ``\\boldsymbol { x }``). ``train_fonts`` renders
+    ``more_fonts_count`` of the cn_math and IM2LATEX training formulas (a seeded sample) in ``more_fonts``, shapes
+    the other sets never show; ``train_fonts2`` another sample of ``extra_fonts_count`` in ``extra_fonts``. ``only``
+    names the sets to write (None: all).
     """
     shared, out = Path(shared), Path(out)
     report = BuildReport()
